@@ -1,0 +1,5 @@
+"""Lightning callbacks of the package."""
+
+from fer_lightning.callbacks.confusion_matrix import ConfusionMatrixPlot
+
+__all__ = ["ConfusionMatrixPlot"]

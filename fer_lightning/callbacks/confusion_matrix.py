@@ -1,0 +1,66 @@
+"""Write the confusion matrix of the selected validation epoch and of the test run into the run folder."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from fer_lightning.plots import plot_confusion_matrix
+
+
+class ConfusionMatrixPlot(Callback):
+    """Save ``confusion_matrix_{val,test}.png`` (and the counts as ``.csv``) under the run folder.
+
+    The validation figure is rewritten only when ``monitor`` improves, so it shows the epoch that the
+    checkpoint callback (same monitor) selects. Needs a model exposing ``last_confusion`` and
+    ``class_names`` (every :class:`~fer_lightning.models.base.FERClassifier` does).
+    """
+
+    def __init__(self, monitor: str = "val/acc", mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.best: float | None = None
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule, split: str) -> None:
+        confusion = getattr(pl_module, "last_confusion", {}).get(split)
+        if confusion is None or trainer.log_dir is None or not trainer.is_global_zero:
+            return
+        os.makedirs(trainer.log_dir, exist_ok=True)
+        stem = os.path.join(trainer.log_dir, f"confusion_matrix_{split}")
+        counts = confusion.numpy()
+        names = list(pl_module.class_names)
+        title = f"{split} (epoch {trainer.current_epoch})" if split == "val" else split
+        plot_confusion_matrix(counts, names, f"{stem}.png", title=title)
+        header = "true\\predicted," + ",".join(names)
+        rows = [f"{name}," + ",".join(str(int(c)) for c in row) for name, row in zip(names, counts)]
+        with open(f"{stem}.csv", "w") as handle:
+            handle.write("\n".join([header, *rows]) + "\n")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if np.isfinite(value) and self._improved(value):
+            self.best = value
+            self._write(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, pl_module, "test")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best")

@@ -1,0 +1,140 @@
+"""The ``fer-lightning`` command: LightningCLI for fit/validate/test/predict, plus helper commands.
+
+Usage::
+
+    fer-lightning fit --config experiments/quickstart.yaml
+    fer-lightning test --config experiments/quickstart.yaml --ckpt_path runs/.../checkpoints/best-....ckpt
+    fer-lightning make-synthetic --format rafdb --out data/synthetic-rafdb --num-images 3000 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable
+
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+import fer_lightning.data
+import fer_lightning.models  # noqa: F401
+from fer_lightning.callbacks import ConfusionMatrixPlot
+from fer_lightning.data import FERDataModule
+from fer_lightning.models import FERClassifier
+
+SELECTION_METRIC = "val/acc"
+
+# Lightning 2.6 + torch 2.14 print this on every step; it is theirs to fix and says nothing about the run.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+class FERSaveConfigCallback(SaveConfigCallback):
+    """Save ``config.yaml`` into the run folder and, when a W&B logger is active, into the W&B run too.
+
+    The CSV logger comes first in our defaults, so ``trainer.log_dir`` is a fresh ``version_N`` folder
+    per run; with W&B first it would be ``.`` and a second run would clash (tooling.md §2.6).
+    """
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+                logger.log_hyperparams({"config": config})
+
+
+class FERCLI(LightningCLI):
+    """LightningCLI with the dataset's classes linked into the model and a per-run folder."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # Fixed per dataset and set in the datamodule's __init__, so they exist at instantiation.
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("epilog", EXTRA_COMMANDS_HELP)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        return super().init_parser(**kwargs)
+
+    def after_fit(self) -> None:
+        checkpoint = self.trainer.checkpoint_callback
+        if not self.trainer.is_global_zero or checkpoint is None or not checkpoint.best_model_path:
+            return
+        score = checkpoint.best_model_score
+        score_text = f"{float(score):.4f}" if score is not None else "n/a"
+        print(
+            f"\nrun folder: {self.trainer.log_dir}\n"
+            f"best checkpoint ({checkpoint.monitor} = {score_text}): {checkpoint.best_model_path}\n"
+            f"test it with: fer-lightning test --config <same config> --ckpt_path {checkpoint.best_model_path}"
+        )
+
+
+def trainer_defaults() -> dict:
+    """Defaults every run gets: a CSV log per run, the best-on-validation checkpoint, the confusion plot."""
+    return {
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": "runs", "name": "default"},
+        },
+        "callbacks": [
+            ModelCheckpoint(
+                monitor=SELECTION_METRIC,
+                mode="max",
+                filename="best-epoch{epoch:02d}-val_acc{val/acc:.4f}",
+                auto_insert_metric_name=False,
+                save_last=True,
+            ),
+            ConfusionMatrixPlot(monitor=SELECTION_METRIC, mode="max"),
+        ],
+    }
+
+
+def make_synthetic(argv: list[str]) -> None:
+    """``fer-lightning make-synthetic``: write a generated dataset in a real dataset's on-disk format."""
+    from fer_lightning.data.synthetic import WRITERS, write_synthetic
+
+    parser = argparse.ArgumentParser(
+        prog="fer-lightning make-synthetic",
+        description="Write procedurally generated faces in the on-disk format of a real FER dataset.",
+    )
+    parser.add_argument("--format", required=True, choices=sorted(WRITERS), help="dataset format to write")
+    parser.add_argument("--out", required=True, help="output folder (created; must be empty if it exists)")
+    parser.add_argument("--num-images", type=int, default=3000, help="number of images (default 3000)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    args = parser.parse_args(argv)
+    if os.path.isdir(args.out) and os.listdir(args.out):
+        parser.error(f"--out {args.out} exists and is not empty")
+    summary = write_synthetic(args.format, args.out, num_images=args.num_images, seed=args.seed)
+    print(summary)
+
+
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {"make-synthetic": make_synthetic}
+EXTRA_COMMANDS_HELP = "more commands:\n" + "\n".join(
+    f"  {name:<16} {command.__doc__.split(':', 1)[1].strip()}" for name, command in EXTRA_COMMANDS.items()
+)
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of ``fer-lightning``; ``args`` lets tests run it in-process."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        EXTRA_COMMANDS[argv[0]](argv[1:])
+        return
+    FERCLI(
+        FERClassifier,
+        FERDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_callback=FERSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults=trainer_defaults(),
+        args=None if args is None else argv,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""A plain timm image classifier: the quickstart model and a baseline for any timm architecture."""
+
+from __future__ import annotations
+
+import timm
+
+from fer_lightning.models.base import FERClassifier
+
+
+class TimmClassifier(FERClassifier):
+    """Any ``timm.create_model`` architecture with a ``num_classes`` head.
+
+    Args:
+        backbone: timm model name, e.g. ``resnet18``.
+        pretrained: load timm's pretrained weights. Off by default: nothing can be downloaded on machines
+            without internet; set it where the weights are in the local Hugging Face cache.
+        drop_rate: dropout before the classifier.
+        **kwargs: :class:`~fer_lightning.models.base.FERClassifier` arguments (classes, optimiser, …).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        drop_rate: float = 0.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.network = timm.create_model(
+            backbone, pretrained=pretrained, num_classes=self.num_classes, drop_rate=drop_rate
+        )
+
+    def forward(self, images):
+        return self.network(images)

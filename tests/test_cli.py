@@ -1,0 +1,106 @@
+"""The fer-lightning CLI, run in-process on a tiny synthetic RAF-DB folder."""
+
+import csv
+import glob
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fer_lightning.cli import main
+from fer_lightning.data.synthetic import MANIFEST_NAME
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_rafdb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_rafdb")
+    main(["make-synthetic", "--format", "rafdb", "--out", str(root), "--num-images", "150", "--seed", "1"])
+    return root
+
+
+def _small_run_args(root, save_dir, *extra):
+    return [
+        "--config", QUICKSTART,
+        f"--data.root={root}", "--data.batch_size=8", "--data.num_workers=0", "--data.img_size=32",
+        f"--trainer.logger.init_args.save_dir={save_dir}", "--trainer.enable_model_summary=false",
+        *extra,
+    ]
+
+
+def test_make_synthetic_writes_rafdb(tiny_rafdb):
+    assert (tiny_rafdb / "EmoLabel" / "list_patition_label.txt").is_file()
+    assert (tiny_rafdb / MANIFEST_NAME).is_file()
+    assert len(list((tiny_rafdb / "Image" / "aligned").glob("*_aligned.jpg"))) == 150
+
+
+def test_make_synthetic_refuses_non_empty_folder(tiny_rafdb):
+    with pytest.raises(SystemExit):
+        main(["make-synthetic", "--format", "rafdb", "--out", str(tiny_rafdb), "--num-images", "5"])
+
+
+def test_fit_fast_dev_run(tiny_rafdb, tmp_path):
+    main(["fit", *_small_run_args(tiny_rafdb, tmp_path, "--trainer.fast_dev_run=true")])
+
+
+def test_fit_then_validate_and_test_the_selected_checkpoint(tiny_rafdb, tmp_path):
+    args = _small_run_args(tiny_rafdb, tmp_path, "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
+                           "--trainer.log_every_n_steps=1")
+    main(["fit", *args])
+    [run_dir] = glob.glob(str(tmp_path / "quickstart" / "version_*"))
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["data"]["init_args"]["root"] == str(tiny_rafdb)
+    with open(run_dir / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    val_acc = [float(r["val/acc"]) for r in rows if r.get("val/acc")]
+    assert len(val_acc) == 2  # one row per epoch
+    for column in ("val/mean_class_acc", "val/macro_f1", "val/class_acc/Happiness", "train/loss_epoch"):
+        assert any(r.get(column) for r in rows), column
+    assert (run_dir / "confusion_matrix_val.png").stat().st_size > 1000
+    assert (run_dir / "data_splits.csv").is_file()
+    [best] = glob.glob(str(run_dir / "checkpoints" / "best-*.ckpt"))
+    # The selected checkpoint is the epoch with the best validation accuracy.
+    assert f"val_acc{max(val_acc):.4f}" in best
+
+    for subcommand in ("validate", "test"):
+        main([subcommand, *args, f"--ckpt_path={best}"])
+    test_runs = sorted(glob.glob(str(tmp_path / "quickstart" / "version_*")))
+    assert len(test_runs) == 3
+    assert (Path(test_runs[-1]) / "confusion_matrix_test.png").is_file()
+    with open(Path(test_runs[-1]) / "metrics.csv") as handle:
+        [test_row] = [r for r in csv.DictReader(handle) if r.get("test/acc")]
+    assert 0.0 <= float(test_row["test/acc"]) <= 1.0
+
+
+def test_missing_root_fails_in_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"RAF-DB root not found: .*does-not-exist"):
+        main(["fit", *_small_run_args(tmp_path / "does-not-exist", tmp_path, "--trainer.fast_dev_run=true")])
+
+
+def test_print_config_links_nothing_and_resolves(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", QUICKSTART, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "fer_lightning.models.TimmClassifier"
+    assert printed["data"]["init_args"]["synthetic_size"] == 3000
+
+
+def test_wandb_logger_offline_does_not_hang(tiny_rafdb, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    loggers = tmp_path / "wandb_logger.yaml"
+    loggers.write_text(yaml.safe_dump({"trainer": {"logger": [
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path), "name": "wb"}},
+        {"class_path": "lightning.pytorch.loggers.WandbLogger",
+         "init_args": {"project": "fer_lightning_test", "save_dir": str(tmp_path)}},
+    ]}}))
+    args = _small_run_args(tiny_rafdb, tmp_path, "--trainer.max_steps=2", "--trainer.limit_val_batches=2")
+    args = [a for a in args if not a.startswith("--trainer.logger")]
+    main(["fit", *args, "--config", str(loggers)])
+    assert glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert os.path.isfile(tmp_path / "wb" / "version_0" / "config.yaml")
