@@ -24,9 +24,14 @@ def tiny_rafdb(tmp_path_factory):
 
 def _small_run_args(root, save_dir, *extra):
     return [
-        "--config", QUICKSTART,
-        f"--data.root={root}", "--data.batch_size=8", "--data.num_workers=0", "--data.img_size=32",
-        f"--trainer.logger.init_args.save_dir={save_dir}", "--trainer.enable_model_summary=false",
+        "--config",
+        QUICKSTART,
+        f"--data.root={root}",
+        "--data.batch_size=8",
+        "--data.num_workers=0",
+        "--data.img_size=32",
+        f"--trainer.logger.init_args.save_dir={save_dir}",
+        "--trainer.enable_model_summary=false",
         *extra,
     ]
 
@@ -47,8 +52,13 @@ def test_fit_fast_dev_run(tiny_rafdb, tmp_path):
 
 
 def test_fit_then_validate_and_test_the_selected_checkpoint(tiny_rafdb, tmp_path):
-    args = _small_run_args(tiny_rafdb, tmp_path, "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
-                           "--trainer.log_every_n_steps=1")
+    args = _small_run_args(
+        tiny_rafdb,
+        tmp_path,
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=3",
+        "--trainer.log_every_n_steps=1",
+    )
     main(["fit", *args])
     [run_dir] = glob.glob(str(tmp_path / "quickstart" / "version_*"))
     run_dir = Path(run_dir)
@@ -94,11 +104,24 @@ def test_wandb_logger_offline_does_not_hang(tiny_rafdb, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     loggers = tmp_path / "wandb_logger.yaml"
-    loggers.write_text(yaml.safe_dump({"trainer": {"logger": [
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path), "name": "wb"}},
-        {"class_path": "lightning.pytorch.loggers.WandbLogger",
-         "init_args": {"project": "fer_lightning_test", "save_dir": str(tmp_path)}},
-    ]}}))
+    loggers.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "logger": [
+                        {
+                            "class_path": "lightning.pytorch.loggers.CSVLogger",
+                            "init_args": {"save_dir": str(tmp_path), "name": "wb"},
+                        },
+                        {
+                            "class_path": "lightning.pytorch.loggers.WandbLogger",
+                            "init_args": {"project": "fer_lightning_test", "save_dir": str(tmp_path)},
+                        },
+                    ]
+                }
+            }
+        )
+    )
     args = _small_run_args(tiny_rafdb, tmp_path, "--trainer.max_steps=2", "--trainer.limit_val_batches=2")
     args = [a for a in args if not a.startswith("--trainer.logger")]
     main(["fit", *args, "--config", str(loggers)])

@@ -24,8 +24,13 @@ def _validate(batch_size: int) -> dict[str, float]:
     model = _PassThrough(num_classes=3, class_names=["a", "b", "c"])
     logits = F.one_hot(torch.tensor(PREDICTIONS), 3).float() * 5.0
     loader = DataLoader(TensorDataset(logits, torch.tensor(TARGETS)), batch_size=batch_size)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     [metrics] = trainer.validate(model, loader, verbose=False)
     return metrics, model
 

@@ -110,8 +110,11 @@ def test_empty_split_is_an_error(tmp_path, rafdb_root):
 
 
 def test_explicit_split_column_wins(tmp_path, rafdb_root):
-    root = _copy_list(tmp_path, rafdb_root, [f"train_{i:05d}.jpg\t{1 + i % 7}\ttrain" for i in range(1, 30)]
-                      + ["train_00030.jpg\t4\ttest"])
+    root = _copy_list(
+        tmp_path,
+        rafdb_root,
+        [f"train_{i:05d}.jpg\t{1 + i % 7}\ttrain" for i in range(1, 30)] + ["train_00030.jpg\t4\ttest"],
+    )
     datamodule = _datamodule(root)
     assert [name.split(" ")[0].rsplit("/", 1)[1] for name in datamodule.tables["test"].names] == [
         "train_00030_aligned.jpg"

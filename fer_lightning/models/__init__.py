@@ -1,6 +1,9 @@
 """LightningModules, one module per paper; shared networks in ``backbones/``."""
 
+from fer_lightning.models.backbones import PosterBody
 from fer_lightning.models.base import FERClassifier
+from fer_lightning.models.btn import BTN
+from fer_lightning.models.posterpp import POSTERPP
 from fer_lightning.models.timm_classifier import TimmClassifier
 
-__all__ = ["FERClassifier", "TimmClassifier"]
+__all__ = ["BTN", "POSTERPP", "FERClassifier", "PosterBody", "TimmClassifier"]

@@ -16,6 +16,8 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
+from fer_lightning.optim import sam_perturb, sam_restore
+
 EVAL_SPLITS = ("val", "test")
 
 
@@ -51,6 +53,9 @@ class FERClassifier(L.LightningModule):
         optimizer: a callable building the optimiser from parameters (``class_path`` in YAML).
         scheduler: optional callable building an LR scheduler from the optimiser, stepped per epoch.
         label_smoothing: cross-entropy label smoothing.
+        sam_rho: wrap the optimiser in SAM with this radius (POSTER++/BTN use 0.05 around Adam); each
+            step then makes two forward/backward passes through manual optimisation. ``None``: plain.
+        sam_adaptive: adaptive SAM (perturbation scaled by |w|).
     """
 
     def __init__(
@@ -60,6 +65,8 @@ class FERClassifier(L.LightningModule):
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        sam_rho: float | None = None,
+        sam_adaptive: bool = False,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
@@ -70,8 +77,14 @@ class FERClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
+        self.sam_rho = sam_rho
+        self.sam_adaptive = sam_adaptive
+        # SAM needs two backward passes between optimiser steps, which automatic optimisation cannot do.
+        self.automatic_optimization = sam_rho is None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.eval_metrics = nn.ModuleDict({split: classification_metrics(num_classes) for split in EVAL_SPLITS})
+        self.eval_metrics = nn.ModuleDict(
+            {split: classification_metrics(num_classes) for split in EVAL_SPLITS}
+        )
         # Filled at each evaluation epoch end, read by callbacks (confusion-matrix plot).
         self.last_confusion: dict[str, torch.Tensor] = {}
 
@@ -89,15 +102,52 @@ class FERClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        loss, logits = self.training_loss(images, labels)
+        if self.sam_rho is None:
+            loss, logits = self.training_loss(images, labels)
+        else:
+            loss, logits = self._sam_step(images, labels)
         self.train_acc(logits.detach(), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
+
+    def _sam_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SAM step: gradient at w, perturb to w + e, gradient there, restore w, base step.
+
+        Both passes see the same batch (so BTN's batch attention is defined in both) and BatchNorm
+        statistics are updated twice per step, as in the official POSTER++ code.
+        """
+        optimizer = self.optimizers()
+        loss, logits = self.training_loss(images, labels)
+        self.manual_backward(loss)
+        perturbations = sam_perturb(optimizer.optimizer, self.sam_rho, self.sam_adaptive)
+        optimizer.zero_grad()
+        perturbed_loss, _ = self.training_loss(images, labels)
+        self.manual_backward(perturbed_loss)
+        sam_restore(perturbations)
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.detach(), logits
+
+    def on_train_epoch_end(self) -> None:
+        # Under manual optimisation Lightning does not step schedulers; ours are per epoch.
+        if self.sam_rho is not None and self.scheduler_factory is not None:
+            self.lr_schedulers().step()
+
+    def on_fit_start(self) -> None:
+        if self.sam_rho is not None and self.trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                "SAM (model.sam_rho) steps after every batch; gradient accumulation "
+                f"(trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches}) is not supported with it"
+            )
 
     def _evaluation_step(self, split: str, batch) -> None:
         images, labels = batch
-        logits = self(images)
+        self.update_evaluation(split, self(images), labels)
+
+    def update_evaluation(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Accumulate the reported metrics of ``split`` from the model's predictions on one batch."""
         self.log(f"{split}/loss", self.cross_entropy(logits, labels), on_epoch=True, prog_bar=split == "val")
         self.eval_metrics[split].update(logits, labels)
 

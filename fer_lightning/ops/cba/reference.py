@@ -1,0 +1,21 @@
+"""Reference class batch attention in plain PyTorch (kernels.md §1.2): the definition of the op."""
+
+from __future__ import annotations
+
+import torch
+
+
+def class_batch_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """out[i, n] = Σ_j softmax_j(scale · ⟨q[i, n], k[j, n]⟩) · v[j, n]  (BTN's CBA, kernels.md §1.1).
+
+    Args:
+        q, k: (B, N, D) per-class features; v: (B, N) class scores.
+
+    Returns:
+        (B, N). Materialises the (N, B, B) logits and weights, which is what limits B.
+    """
+    logits = scale * (q.transpose(0, 1) @ k.permute(1, 2, 0))  # (N, B, B): class n, image i, image j
+    weights = torch.softmax(logits, dim=-1)
+    return (weights @ v.t().unsqueeze(-1)).squeeze(-1).t()

@@ -1,0 +1,128 @@
+"""BTN against the paper: shapes, added parameters, eq. 9, batch-independent inference, training."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fer_lightning.models.btn import BTN, BatchTransformer
+
+pytestmark = pytest.mark.filterwarnings("ignore:PosterBody")
+
+
+def _cross_attention_block_parameters(dim: int, heads: int, window: int) -> int:
+    """LayerNorm ×2, K/V Linear(C→2C), proj Linear(C→C), MLP C→4C→C, two layer scales, bias table."""
+    return 11 * dim * dim + 14 * dim + (2 * window - 1) ** 2 * heads
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def paper_btn():
+    torch.manual_seed(0)
+    return BTN(variant="paper", num_classes=7, cba_backend="reference").eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_btn():
+    torch.manual_seed(0)
+    return BTN(variant="tiny", num_classes=7)
+
+
+def test_paper_shapes(paper_btn):
+    """S_l, F_MLA, E ∈ R^{B×N×49} and the three heads (models.md §1.6, §3.2–3.3)."""
+    captured = {}
+    paper_btn.batch_transformer.embed.register_forward_hook(lambda m, i, o: captured.update(E=o.flatten(2)))
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        levels = paper_btn.body.extract_levels(images)
+        assert [tuple(s.shape) for s in levels] == [(2, 64, 28, 28), (2, 128, 14, 14), (2, 256, 7, 7)]
+        f_mla = paper_btn.mla(*levels)
+        assert f_mla.shape == (2, 256, 7, 7)
+        heads = paper_btn.heads(images)
+    assert captured["E"].shape == (2, 7, 49)
+    assert {name: tuple(t.shape) for name, t in heads.items()} == {"vit": (2, 7), "cba": (2, 7), "bt": (2, 7)}
+    torch.testing.assert_close(heads["bt"], heads["cba"] + heads["vit"])  # eq. 6
+
+
+def test_added_parameters_are_mla_plus_bt(paper_btn):
+    """BTN − POSTER++ = MLA (two convs, two cross-attention blocks) + BT (conv_E, channel position)."""
+    from fer_lightning.models.posterpp import POSTERPP
+
+    posterpp = POSTERPP(variant="paper", num_classes=7)
+    added = _count(paper_btn) - _count(posterpp)
+    conv_a, conv_b = 64 * 128 * 9 + 128, 128 * 256 * 9 + 256
+    blocks = _cross_attention_block_parameters(128, 4, 14) + _cross_attention_block_parameters(256, 8, 7)
+    batch_transformer = 256 * 7 + 7 + 49
+    assert added == conv_a + conv_b + blocks + batch_transformer == 1_281_636  # the paper: "about 1.3 M"
+
+
+def test_loss_is_equation_9(tiny_btn):
+    images, labels = torch.randn(8, 3, 112, 112), torch.randint(0, 7, (8,))
+    torch.manual_seed(1)
+    loss, logits = tiny_btn.training_loss(images, labels)
+    torch.manual_seed(1)
+    heads = tiny_btn.heads(images)
+    expected = (
+        2.0 * F.cross_entropy(heads["vit"], labels)
+        + F.cross_entropy(heads["bt"], labels)
+        + F.cross_entropy(heads["cba"], labels)
+    )
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(logits, heads["vit"])
+
+
+def test_eval_predictions_do_not_depend_on_the_batch(tiny_btn):
+    tiny_btn.eval()
+    images = torch.randn(32, 3, 112, 112)
+    with torch.no_grad():
+        batch = tiny_btn(images)
+        alone = torch.cat([tiny_btn(images[i : i + 1]) for i in (0, 5, 31)])
+        order = torch.randperm(32)
+        permuted = tiny_btn(images[order])
+    # A batch of 1 takes other BLAS kernels (GEMV, not GEMM) than a batch of 32, so the last bits can
+    # differ; any batch mixing would move logits by orders of magnitude more.
+    torch.testing.assert_close(alone, batch[[0, 5, 31]], atol=1e-5, rtol=0)
+    assert torch.equal(permuted, batch[order])
+    # The test can fail: predicting from P_BT (after batch attention) does depend on the batch.
+    tiny_btn.inference_head = "bt"
+    try:
+        with torch.no_grad():
+            mixed = tiny_btn(images)
+            alone_bt = tiny_btn(images[:1])
+        assert not torch.allclose(alone_bt, mixed[:1], atol=1e-3)
+    finally:
+        tiny_btn.inference_head = "vit"
+        tiny_btn.train()
+
+
+def test_detached_value_stops_cba_gradient_to_vit():
+    torch.manual_seed(0)
+    f_mla = torch.randn(6, 16, 4, 4)
+    for detach in (False, True):
+        transformer = BatchTransformer(16, 7, 16, detach_value=detach, backend="reference")
+        p_vit = torch.randn(6, 7, requires_grad=True)
+        p_cba, _ = transformer(f_mla, p_vit)
+        [grad] = torch.autograd.grad(p_cba.sum(), p_vit, allow_unused=True)
+        assert (grad is None) == detach
+        if not detach:
+            assert grad.abs().sum() > 0
+
+
+def test_cba_scale_options():
+    assert BatchTransformer(16, 7, 49).scale == pytest.approx(7**-0.5)
+    assert BatchTransformer(16, 7, 49, scale="none").scale == 1.0
+    assert BatchTransformer(16, 7, 49, scale="sqrt_dim").scale == pytest.approx(1 / 7)
+    with pytest.raises(ValueError, match="cba_scale"):
+        BatchTransformer(16, 7, 49, scale="sqrt")
+
+
+def test_bf16_autocast_is_finite(tiny_btn):
+    images, labels = torch.randn(8, 3, 112, 112), torch.randint(0, 7, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = tiny_btn.training_loss(images, labels)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in tiny_btn.parameters() if p.grad is not None)
+    tiny_btn.zero_grad()
