@@ -30,6 +30,8 @@ SELECTION_METRIC = "val/acc"
 
 # Lightning 2.6 + torch 2.14 print this on every step; it is theirs to fix and says nothing about the run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# POSTER++/BTN keep their frozen landmark network in eval mode on purpose (models.md §1.3).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class FERSaveConfigCallback(SaveConfigCallback):
@@ -111,7 +113,32 @@ def make_synthetic(argv: list[str]) -> None:
     print(summary)
 
 
-EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {"make-synthetic": make_synthetic}
+def complexity(argv: list[str]) -> None:
+    """``fer-lightning complexity``: parameters and MACs of a config's model, per image."""
+    from fer_lightning.models.complexity import count_macs, count_parameters
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: fer-lightning complexity --config CONFIG [overrides]\n\n" + complexity.__doc__.split(": ", 1)[1]
+              + " MACs = multiply-accumulates (FlopCounterMode FLOPs / 2), eval mode, batch 1; no data is read.")
+        return
+    # The datamodule is only instantiated (for the class count and image size); it reads nothing, so a
+    # config whose data root is unset may stand in for one with synthetic data.
+    cli = FERCLI(
+        FERClassifier, FERDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        trainer_defaults=trainer_defaults(), run=False, args=[*argv, "--data.synthetic_size=1"],
+    )
+    model, size = cli.model, cli.datamodule.hparams.img_size
+    total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    macs = count_macs(model, (1, 3, size, size))
+    print(f"model: {type(model).__name__} ({cli.datamodule.num_classes} classes), input 3x{size}x{size}")
+    print(f"parameters: {total:,} ({trainable:,} trainable)")
+    print(f"compute: {macs / 1e9:.3f} GMACs per image (eval forward; 1 MAC = 2 FLOPs)")
+
+
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "make-synthetic": make_synthetic,
+    "complexity": complexity,
+}
 EXTRA_COMMANDS_HELP = "more commands:\n" + "\n".join(
     f"  {name:<16} {command.__doc__.split(':', 1)[1].strip()}" for name, command in EXTRA_COMMANDS.items()
 )

@@ -23,6 +23,7 @@ workers and in scripts without importing torch or any model code.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -86,35 +87,81 @@ _NEUTRAL_GEOMETRY = ExpressionGeometry()
 _EXPRESSION_PROTOTYPES: dict[str, ExpressionGeometry] = {
     "neutral": ExpressionGeometry(),
     "happiness": ExpressionGeometry(
-        brow_raise=0.1, eye_open=0.75, lower_lid=0.8, mouth_width=1.25, mouth_curve=1.0,
-        mouth_open=0.35, mouth_stretch=0.3, teeth=1.0,
+        brow_raise=0.1,
+        eye_open=0.75,
+        lower_lid=0.8,
+        mouth_width=1.25,
+        mouth_curve=1.0,
+        mouth_open=0.35,
+        mouth_stretch=0.3,
+        teeth=1.0,
     ),
     "sadness": ExpressionGeometry(
-        brow_raise=-0.1, brow_inner=1.0, eye_open=0.75, mouth_width=0.9, mouth_curve=-0.9, lip_press=0.3,
+        brow_raise=-0.1,
+        brow_inner=1.0,
+        eye_open=0.75,
+        mouth_width=0.9,
+        mouth_curve=-0.9,
+        lip_press=0.3,
     ),
     "surprise": ExpressionGeometry(
-        brow_raise=1.1, brow_inner=0.2, eye_open=1.6, mouth_width=0.68, mouth_open=1.0, teeth=0.15,
+        brow_raise=1.1,
+        brow_inner=0.2,
+        eye_open=1.6,
+        mouth_width=0.68,
+        mouth_open=1.0,
+        teeth=0.15,
     ),
     "fear": ExpressionGeometry(
-        brow_raise=0.6, brow_inner=0.9, eye_open=1.5, mouth_width=1.25, mouth_curve=-0.35,
-        mouth_open=0.45, mouth_stretch=1.0, teeth=0.6,
+        brow_raise=0.6,
+        brow_inner=0.9,
+        eye_open=1.5,
+        mouth_width=1.25,
+        mouth_curve=-0.35,
+        mouth_open=0.45,
+        mouth_stretch=1.0,
+        teeth=0.6,
     ),
     "disgust": ExpressionGeometry(
-        brow_raise=-0.45, brow_inner=-0.3, eye_open=0.65, lower_lid=0.4, mouth_width=0.9,
-        mouth_curve=-0.45, mouth_open=0.15, mouth_stretch=0.5, upper_lip=1.0, nose_wrinkle=1.0, teeth=0.7,
+        brow_raise=-0.45,
+        brow_inner=-0.3,
+        eye_open=0.65,
+        lower_lid=0.4,
+        mouth_width=0.9,
+        mouth_curve=-0.45,
+        mouth_open=0.15,
+        mouth_stretch=0.5,
+        upper_lip=1.0,
+        nose_wrinkle=1.0,
+        teeth=0.7,
     ),
     "anger": ExpressionGeometry(
-        brow_raise=-0.65, brow_inner=-1.1, eye_open=0.95, lower_lid=0.25, mouth_width=0.85,
-        mouth_curve=-0.2, lip_press=1.0,
+        brow_raise=-0.65,
+        brow_inner=-1.1,
+        eye_open=0.95,
+        lower_lid=0.25,
+        mouth_width=0.85,
+        mouth_curve=-0.2,
+        lip_press=1.0,
     ),
     "contempt": ExpressionGeometry(eye_open=0.9, mouth_asym=1.0, lip_press=0.35),
 }
 
 # Per-sample jitter (standard deviations), independent of the nuisance level: real expressions vary.
 _EXPRESSION_JITTER = ExpressionGeometry(
-    brow_raise=0.2, brow_inner=0.2, eye_open=0.12, lower_lid=0.12, mouth_width=0.08, mouth_curve=0.2,
-    mouth_open=0.08, mouth_stretch=0.15, mouth_asym=0.15, upper_lip=0.12, nose_wrinkle=0.12,
-    lip_press=0.15, teeth=0.2,
+    brow_raise=0.2,
+    brow_inner=0.2,
+    eye_open=0.12,
+    lower_lid=0.12,
+    mouth_width=0.08,
+    mouth_curve=0.2,
+    mouth_open=0.08,
+    mouth_stretch=0.15,
+    mouth_asym=0.15,
+    upper_lip=0.12,
+    nose_wrinkle=0.12,
+    lip_press=0.15,
+    teeth=0.2,
 )
 
 # Expression intensity range: weak expressions make neighbouring classes overlap, as in real data.
@@ -244,7 +291,9 @@ def _as_colour(colour: Sequence[float]) -> tuple[float, float, float]:
     return (float(colour[0]), float(colour[1]), float(colour[2]))
 
 
-def _ellipse(center_x: float, center_y: float, radius_x: float, radius_y: float, count: int = 32) -> np.ndarray:
+def _ellipse(
+    center_x: float, center_y: float, radius_x: float, radius_y: float, count: int = 32
+) -> np.ndarray:
     angles = np.linspace(0.0, 2.0 * math.pi, count, endpoint=False)
     return np.stack([center_x + radius_x * np.cos(angles), center_y + radius_y * np.sin(angles)], axis=1)
 
@@ -287,7 +336,7 @@ def _sample_identity(rng: np.random.Generator, nuisance: float) -> _Identity:
         return mean + nuisance * rng.uniform(-spread, spread)
 
     tone_position = np.clip(0.3 + nuisance * rng.uniform(-0.3, 0.7), 0.0, 1.0) * (len(_SKIN_TONES) - 1)
-    low = int(math.floor(tone_position))
+    low = math.floor(tone_position)
     high = min(low + 1, len(_SKIN_TONES) - 1)
     skin = _mix(_SKIN_TONES[low], _SKIN_TONES[high], tone_position - low)
     skin = np.clip(skin * (1.0 + nuisance * rng.normal(0.0, 0.04, size=3)), 0, 255)
@@ -373,7 +422,7 @@ def _draw_brows(
     inner_lift = 0.1 * geometry.brow_inner
     for side in (-1.0, 1.0):
         inner = np.array([side * 0.11, brow_y + 0.02 - inner_lift])
-        middle = np.array([side * 0.36, brow_y - identity.brow_arch - 0.3 * inner_lift * 0.3])
+        middle = np.array([side * 0.36, brow_y - identity.brow_arch - 0.1 * inner_lift])
         outer = np.array([side * 0.64, brow_y + 0.03 + 0.3 * inner_lift])
         t = np.linspace(0.0, 1.0, 9)[:, None]
         centre = (1 - t) ** 2 * inner + 2 * (1 - t) * t * middle + t**2 * outer  # quadratic Bézier
@@ -449,6 +498,46 @@ def _draw_nose(
     return base_y
 
 
+@dataclasses.dataclass
+class _MouthCurves:
+    """Lip contours (face units) sampled at positions ``t`` in [-1, 1] from corner to corner."""
+
+    half_width: float
+    x: np.ndarray
+    middle: np.ndarray  # where the lips meet when closed
+    upper_inner: np.ndarray
+    lower_inner: np.ndarray
+    upper_outer: np.ndarray
+    lower_outer: np.ndarray
+
+
+def _mouth_curves(
+    identity: _Identity, geometry: ExpressionGeometry, asymmetry_side: float, t: np.ndarray
+) -> _MouthCurves:
+    """The mouth shape, shared by the drawing and the landmarks so the two always agree."""
+    half_width = 0.3 * geometry.mouth_width * identity.mouth_size
+    raised_side = np.clip(asymmetry_side * t, 0.0, None)
+    corner_lift = 0.13 * geometry.mouth_curve * t**2 + 0.17 * geometry.mouth_asym * raised_side**1.5
+    middle = identity.mouth_y - corner_lift
+    # Squarer opening for a stretched (fear) mouth, rounder for an O.
+    bulge = (1.0 - t**2) ** (0.5 - 0.35 * geometry.mouth_stretch)
+    opening = 0.22 * geometry.mouth_open
+    # Disgust raises the upper lip, more on one side.
+    lip_raise = 0.07 * geometry.upper_lip * bulge * (1.0 + 0.6 * asymmetry_side * t)
+    upper_inner = middle - 0.4 * opening * bulge - lip_raise
+    lower_inner = middle + 0.6 * opening * bulge
+    thinning = 1.0 - 0.65 * geometry.lip_press
+    return _MouthCurves(
+        half_width=half_width,
+        x=t * half_width,
+        middle=middle,
+        upper_inner=upper_inner,
+        lower_inner=lower_inner,
+        upper_outer=upper_inner - 0.05 * identity.lip_thickness * thinning * bulge**0.5,
+        lower_outer=lower_inner + 0.065 * identity.lip_thickness * thinning * bulge**0.5,
+    )
+
+
 def _draw_mouth(
     painter: _FacePainter,
     identity: _Identity,
@@ -457,22 +546,11 @@ def _draw_mouth(
     nose_base_y: float,
     asymmetry_side: float,
 ) -> None:
-    half_width = 0.3 * geometry.mouth_width * identity.mouth_size
     t = np.linspace(-1.0, 1.0, 21)
-    xs = t * half_width
-    raised_side = np.clip(asymmetry_side * t, 0.0, None)
-    corner_lift = 0.13 * geometry.mouth_curve * t**2 + 0.17 * geometry.mouth_asym * raised_side**1.5
-    middle_y = identity.mouth_y - corner_lift
-    # Squarer opening for a stretched (fear) mouth, rounder for an O.
-    bulge = (1.0 - t**2) ** (0.5 - 0.35 * geometry.mouth_stretch)
-    opening = 0.22 * geometry.mouth_open
-    # Disgust raises the upper lip, more on one side.
-    lip_raise = 0.07 * geometry.upper_lip * bulge * (1.0 + 0.6 * asymmetry_side * t)
-    upper_inner = middle_y - 0.4 * opening * bulge - lip_raise
-    lower_inner = middle_y + 0.6 * opening * bulge
-    thinning = 1.0 - 0.65 * geometry.lip_press
-    upper_outer = upper_inner - 0.05 * identity.lip_thickness * thinning * bulge**0.5
-    lower_outer = lower_inner + 0.065 * identity.lip_thickness * thinning * bulge**0.5
+    mouth = _mouth_curves(identity, geometry, asymmetry_side, t)
+    half_width, xs, middle_y = mouth.half_width, mouth.x, mouth.middle
+    upper_inner, lower_inner = mouth.upper_inner, mouth.lower_inner
+    upper_outer, lower_outer = mouth.upper_outer, mouth.lower_outer
 
     # Cheek folds from the nose wings to the mouth corners deepen with a smile or a sneer.
     fold_strength = 0.8 * max(geometry.mouth_curve, 0.0) + 0.8 * geometry.upper_lip + 0.3 * geometry.lower_lid
@@ -498,8 +576,12 @@ def _draw_mouth(
             teeth_bottom = upper_inner + gap * min(0.55, 0.6 * geometry.teeth)
             teeth = np.concatenate([np.stack([xs, upper_inner], 1), np.stack([xs, teeth_bottom], 1)[::-1]])
             painter.fill(teeth, (238, 235, 225), _DEPTH_MOUTH)
-    painter.line(np.stack([xs, middle_y], 1) if gap.max() <= 0.012 else np.stack([xs, upper_inner], 1),
-                 identity.lips * 0.55, 0.016, _DEPTH_MOUTH)
+    painter.line(
+        np.stack([xs, middle_y], 1) if gap.max() <= 0.012 else np.stack([xs, upper_inner], 1),
+        identity.lips * 0.55,
+        0.016,
+        _DEPTH_MOUTH,
+    )
 
 
 def _draw_occluders(
@@ -514,8 +596,9 @@ def _draw_occluders(
             if sunglasses:
                 painter.fill(rim, (30, 30, 35), _DEPTH_EYE + 0.1)
             painter.line(rim, frame, 0.03, _DEPTH_EYE + 0.1, closed=True)
-        bridge = np.array([[-identity.eye_spacing + 0.24, identity.eye_y], [identity.eye_spacing - 0.24,
-                                                                           identity.eye_y]])
+        bridge = np.array(
+            [[-identity.eye_spacing + 0.24, identity.eye_y], [identity.eye_spacing - 0.24, identity.eye_y]]
+        )
         painter.line(bridge, frame, 0.03, _DEPTH_EYE + 0.1)
     if rng.random() < 0.08 * nuisance:
         side = rng.choice((-1.0, 1.0))
@@ -534,6 +617,13 @@ def _draw_occluders(
         cv2.fillPoly(painter.canvas, [np.round(corners).astype(np.int32)], _as_colour(colour), cv2.LINE_AA)
 
 
+def _linear_ramp(height: int, width: int, angle: float) -> np.ndarray:
+    """Position along direction ``angle``, zero at the centre, in units of the longer side (float32)."""
+    xs = (np.arange(width, dtype=np.float32) - width / 2) * math.cos(angle)
+    ys = (np.arange(height, dtype=np.float32) - height / 2) * math.sin(angle)
+    return (ys[:, None] + xs[None, :]) / max(height, width)
+
+
 def _background(rng: np.random.Generator, height: int, width: int, nuisance: float) -> np.ndarray:
     """Flat colour, linear gradient, or blotchy texture (float32 RGB)."""
     base = rng.uniform(40, 220, size=3).astype(np.float32)
@@ -545,8 +635,7 @@ def _background(rng: np.random.Generator, height: int, width: int, nuisance: flo
     if kind == 1:
         other = rng.uniform(40, 220, size=3).astype(np.float32)
         angle = rng.uniform(0, 2 * math.pi)
-        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-        ramp = (xs * math.cos(angle) + ys * math.sin(angle)) / max(height, width)
+        ramp = _linear_ramp(height, width, angle)
         ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
         return base * (1 - ramp[..., None]) + other * ramp[..., None]
     cells = int(rng.integers(3, 10))
@@ -555,7 +644,11 @@ def _background(rng: np.random.Generator, height: int, width: int, nuisance: flo
 
 
 def _landmarks_68(
-    identity: _Identity, geometry: ExpressionGeometry, brow_y: float, nose_base_y: float, asymmetry_side: float
+    identity: _Identity,
+    geometry: ExpressionGeometry,
+    brow_y: float,
+    nose_base_y: float,
+    asymmetry_side: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The 68 iBUG landmarks (face units) and their depths, from the same geometry that was drawn.
 
@@ -579,11 +672,19 @@ def _landmarks_68(
         order = np.linspace(0.64, 0.11, 5) if side < 0 else np.linspace(0.11, 0.64, 5)
         for x in order:
             fraction = (x - 0.11) / 0.53
-            y = brow_y + 0.02 - inner_lift * (1 - fraction) - identity.brow_arch * 4 * fraction * (1 - fraction)
+            y = (
+                brow_y
+                + 0.02
+                - inner_lift * (1 - fraction)
+                - identity.brow_arch * 4 * fraction * (1 - fraction)
+            )
             add(side * x, y, _DEPTH_BROW)
     for fraction in np.linspace(0.0, 1.0, 4):
-        add(0.0, identity.eye_y + fraction * (nose_base_y - 0.04 - identity.eye_y), _DEPTH_NOSE_BRIDGE +
-            0.25 * fraction)
+        add(
+            0.0,
+            identity.eye_y + fraction * (nose_base_y - 0.04 - identity.eye_y),
+            _DEPTH_NOSE_BRIDGE + 0.25 * fraction,
+        )
     for x in np.linspace(-0.12, 0.12, 5):
         add(x, nose_base_y + 0.015 * (1 - (x / 0.12) ** 2), _DEPTH_NOSE_TIP)
     half_width = 0.17 * identity.eye_size
@@ -592,7 +693,14 @@ def _landmarks_68(
     for side in (-1.0, 1.0):
         centre_x = side * identity.eye_spacing
         # Each eye: outer/inner corner then round the upper lid and back along the lower one, clockwise.
-        for u, on_upper in ((-1.0, None), (-0.35, True), (0.35, True), (1.0, None), (0.35, False), (-0.35, False)):
+        for u, on_upper in (
+            (-1.0, None),
+            (-0.35, True),
+            (0.35, True),
+            (1.0, None),
+            (0.35, False),
+            (-0.35, False),
+        ):
             if on_upper is None:
                 offset = 0.0
             elif on_upper:
@@ -600,19 +708,10 @@ def _landmarks_68(
             else:
                 offset = max(lower_height * (1.0 - u**2), -upper_height * (1.0 - u**2) ** 0.7 + 0.006)
             add(centre_x + u * half_width, identity.eye_y + offset, _DEPTH_EYE)
-    half_mouth = 0.3 * geometry.mouth_width * identity.mouth_size
-    opening = 0.22 * geometry.mouth_open
 
     def mouth_point(t: float, level: str) -> tuple[float, float]:
-        raised = max(asymmetry_side * t, 0.0)
-        middle = identity.mouth_y - 0.13 * geometry.mouth_curve * t**2 - 0.17 * geometry.mouth_asym * raised**1.5
-        bulge = (1.0 - t**2) ** (0.5 - 0.35 * geometry.mouth_stretch)
-        lip_raise = 0.07 * geometry.upper_lip * bulge * (1.0 + 0.6 * asymmetry_side * t)
-        upper = middle - 0.4 * opening * bulge - lip_raise
-        lower = middle + 0.6 * opening * bulge
-        offsets = {"upper_outer": upper - 0.05 * identity.lip_thickness * bulge**0.5, "upper_inner": upper,
-                   "lower_inner": lower, "lower_outer": lower + 0.065 * identity.lip_thickness * bulge**0.5}
-        return t * half_mouth, offsets[level]
+        curves = _mouth_curves(identity, geometry, asymmetry_side, np.array([t]))
+        return float(curves.x[0]), float(getattr(curves, level)[0])
 
     outer_path = [(t, "upper_outer") for t in (-1.0, -0.6, -0.25, 0.0, 0.25, 0.6, 1.0)]
     outer_path += [(t, "lower_outer") for t in (0.6, 0.25, 0.0, -0.25, -0.6)]
@@ -637,8 +736,7 @@ def _apply_photometric_effects(image: np.ndarray, rng: np.random.Generator, nuis
     height, width = image.shape[:2]
     angle = rng.uniform(0, 2 * math.pi)
     strength = nuisance * rng.uniform(0.0, 0.6)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    ramp = ((xs - width / 2) * math.cos(angle) + (ys - height / 2) * math.sin(angle)) / max(height, width)
+    ramp = _linear_ramp(height, width, angle)
     brightness = 1.0 + nuisance * rng.uniform(-0.3, 0.2)
     gain = brightness * (1.0 + strength * ramp)
     colour_cast = 1.0 + nuisance * rng.normal(0.0, 0.05, size=3)
@@ -649,7 +747,7 @@ def _apply_photometric_effects(image: np.ndarray, rng: np.random.Generator, nuis
     if blur_sigma > 0.15:
         image = cv2.GaussianBlur(image, (0, 0), blur_sigma)
     noise_sigma = nuisance * rng.uniform(0.0, 8.0)
-    image = image + rng.normal(0.0, 1.0, size=image.shape).astype(np.float32) * noise_sigma
+    image = image + rng.standard_normal(size=image.shape, dtype=np.float32) * np.float32(noise_sigma)
     image = np.clip(image, 0, 255)
     if rng.random() < 0.3 * nuisance:
         quality = int(rng.integers(20, 70))
@@ -682,7 +780,11 @@ def _render_scene(
         yaw=math.radians(float(np.clip(rng.normal(0.0, 15.0), -35, 35)) * nuisance),
         pitch=math.radians(float(np.clip(rng.normal(0.0, 8.0), -20, 20)) * nuisance),
     )
-    canvas = _background(rng, height * _SUPERSAMPLE, width * _SUPERSAMPLE, nuisance)
+    # Backgrounds are smooth, so they are made at output size and only upsampled for drawing.
+    background = _background(rng, height, width, nuisance)
+    canvas = cv2.resize(
+        background, (width * _SUPERSAMPLE, height * _SUPERSAMPLE), interpolation=cv2.INTER_LINEAR
+    )
     painter = _FacePainter(canvas, pose)
     landmarks = np.zeros((68, 2))
     box = (0.0, 0.0, 0.0, 0.0)
@@ -691,9 +793,13 @@ def _render_scene(
         _draw_hair_back(painter, identity)
         neck = np.array([[-0.42, 0.8], [0.42, 0.8], [0.5, 2.2], [-0.5, 2.2]])
         painter.fill(neck, skin * 0.8)
-        painter.fill(_ellipse(0.0, 2.5, 1.9, 0.9, 32), identity.clothes)
+        # Shoulders: a rounded top continued far downwards, so the body reaches the bottom of any frame.
+        shoulders = np.concatenate([_ellipse(0.0, 2.5, 1.9, 0.9, 32)[16:], [[1.9, 12.0], [-1.9, 12.0]]])
+        painter.fill(shoulders, identity.clothes)
         for side in (-1.0, 1.0):
-            painter.fill(_ellipse(side * identity.face_width * 0.97, -0.02, 0.13, 0.22, 16), skin * 0.92, -0.3)
+            painter.fill(
+                _ellipse(side * identity.face_width * 0.97, -0.02, 0.13, 0.22, 16), skin * 0.92, -0.3
+            )
         outline = _face_outline(identity)
         painter.fill(outline, skin)
         _draw_hair_front(painter, identity, rng)
@@ -716,25 +822,43 @@ def _render_scene(
     return RenderedFace(image=image.astype(np.uint8), landmarks=landmarks, box=box)
 
 
-def render_face_with_landmarks(
-    expression: str, rng: np.random.Generator, size: int = 100, nuisance: float = 1.0
+def _render_in_box(
+    expression: str | None,
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    box: tuple[float, float, float],
+    nuisance: float,
 ) -> RenderedFace:
-    """Like :func:`render_face`, also returning the 68 landmarks and the head box in pixels."""
+    """Draw a face that an aligner would crop as the square ``box`` = (left, top, side), with jitter.
+
+    The face fills the box as in aligned datasets (RAF-DB): centred a little above the middle, its
+    half-width a third of the side; ``nuisance`` moves and rescales it slightly, as alignment errs.
+    """
+    left, top, side = box
     scale = 1.0 + nuisance * rng.uniform(-0.12, 0.12)
-    shift_x, shift_y = nuisance * rng.normal(0.0, 0.035, size=2) * size
-    # Aligned datasets (RAF-DB) crop tightly: the face fills most of the square, as here.
+    shift_x, shift_y = nuisance * rng.normal(0.0, 0.035, size=2) * side
     return _render_scene(
         expression,
         rng,
-        size,
-        size,
-        face_center=(size / 2 + shift_x, size * 0.47 + shift_y),
-        face_half_width=0.33 * size * scale,
+        width,
+        height,
+        face_center=(left + side / 2 + shift_x, top + side * 0.47 + shift_y),
+        face_half_width=0.33 * side * scale,
         nuisance=nuisance,
     )
 
 
-def render_face(expression: str, rng: np.random.Generator, size: int = 100, nuisance: float = 1.0) -> np.ndarray:
+def render_face_with_landmarks(
+    expression: str, rng: np.random.Generator, size: int = 100, nuisance: float = 1.0
+) -> RenderedFace:
+    """Like :func:`render_face`, also returning the 68 landmarks and the head box in pixels."""
+    return _render_in_box(expression, rng, size, size, (0.0, 0.0, float(size)), nuisance)
+
+
+def render_face(
+    expression: str, rng: np.random.Generator, size: int = 100, nuisance: float = 1.0
+) -> np.ndarray:
     """Draw one aligned face showing ``expression`` (one of :data:`EXPRESSIONS`).
 
     Returns an RGB uint8 array of shape (size, size, 3). ``nuisance`` scales the variation that does not
@@ -747,7 +871,9 @@ def render_face(expression: str, rng: np.random.Generator, size: int = 100, nuis
 
 def _render_no_face(rng: np.random.Generator, width: int, height: int, nuisance: float) -> np.ndarray:
     """A picture without a face (AffectNet's "No-Face" rows, FER+'s "NF" rows)."""
-    return _render_scene(None, rng, width, height, (width / 2, height / 2), width / 3, max(nuisance, 0.5)).image
+    return _render_scene(
+        None, rng, width, height, (width / 2, height / 2), width / 3, max(nuisance, 0.5)
+    ).image
 
 
 # --------------------------------------------------------------------------------------------------
@@ -785,13 +911,17 @@ class PlannedImage:
         return self.label != self.clean_label
 
 
-def class_frequencies(class_expressions: Sequence[str], frequency_order: Sequence[str], imbalance: float) -> np.ndarray:
+def class_frequencies(
+    class_expressions: Sequence[str], frequency_order: Sequence[str], imbalance: float
+) -> np.ndarray:
     """Relative class frequencies: geometric from the most frequent (1) to the least (1/imbalance).
 
     ``class_expressions`` are the format's classes in its own label order; ``frequency_order`` ranks them.
     """
     if imbalance < 1.0:
-        raise ValueError(f"imbalance is the ratio of the most to the least frequent class; got {imbalance} < 1")
+        raise ValueError(
+            f"imbalance is the ratio of the most to the least frequent class; got {imbalance} < 1"
+        )
     ranked = [expression for expression in frequency_order if expression in class_expressions]
     if sorted(ranked) != sorted(class_expressions):
         raise ValueError(f"frequency order {frequency_order} does not cover classes {class_expressions}")
@@ -853,14 +983,17 @@ def plan_dataset(
     counts_per_split: dict[str, list[int]] = {}
     if balanced_eval:
         for split, fraction in eval_splits.items():
-            counts_per_split[split] = [int(round(fraction * num_images / num_classes))] * num_classes
+            counts_per_split[split] = [round(fraction * num_images / num_classes)] * num_classes
         held_out = sum(sum(counts) for counts in counts_per_split.values())
-        counts_per_split = {train_split: allocate_counts(num_images - held_out, weights, 1), **counts_per_split}
+        counts_per_split = {
+            train_split: allocate_counts(num_images - held_out, weights, 1),
+            **counts_per_split,
+        }
     else:
         class_totals = allocate_counts(num_images, weights, 1)
         remaining = list(class_totals)
         for split, fraction in eval_splits.items():
-            counts_per_split[split] = [int(round(fraction * total)) for total in class_totals]
+            counts_per_split[split] = [round(fraction * total) for total in class_totals]
             remaining = [left - taken for left, taken in zip(remaining, counts_per_split[split])]
         counts_per_split = {train_split: remaining, **counts_per_split}
 
@@ -871,14 +1004,12 @@ def plan_dataset(
         rng.shuffle(clean_labels)
         labels = clean_labels.copy()
         if split in noisy and len(labels):
-            num_noisy = int(round(label_noise * len(labels)))
+            num_noisy = round(label_noise * len(labels))
             flipped = rng.choice(len(labels), size=num_noisy, replace=False)
             # Adding 1..K-1 modulo K picks a uniformly random *different* class.
             labels[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=num_noisy)) % num_classes
         for clean, label in zip(clean_labels, labels):
-            plan.append(
-                PlannedImage(len(plan), split, class_expressions[int(clean)], int(clean), int(label))
-            )
+            plan.append(PlannedImage(len(plan), split, class_expressions[int(clean)], int(clean), int(label)))
     return plan
 
 
@@ -915,7 +1046,9 @@ class SyntheticSummary:
 
 def _encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """RGB array → JPEG bytes. OpenCV writes BGR, so convert, or every reader would see swapped colours."""
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
     if not ok:
         raise RuntimeError("OpenCV failed to encode a JPEG")
     return encoded.tobytes()
@@ -941,9 +1074,13 @@ def _prepare_output_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
         if not (root / MANIFEST_NAME).is_file():
-            raise FileExistsError(f"{root} exists and is not empty; synthetic data goes into a new or empty folder")
+            raise FileExistsError(
+                f"{root} exists and is not empty; synthetic data goes into a new or empty folder"
+            )
         if not overwrite:
-            raise FileExistsError(f"{root} already holds a synthetic dataset; pass overwrite=True to replace it")
+            raise FileExistsError(
+                f"{root} already holds a synthetic dataset; pass overwrite=True to replace it"
+            )
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     return root
@@ -1043,8 +1180,14 @@ def write_rafdb(
     started = time.perf_counter()
     root = _prepare_output_dir(out_dir, overwrite)
     plan = plan_dataset(
-        num_images, seed, _RAFDB_EXPRESSIONS, _FREQUENCY_ORDER["rafdb"], imbalance, label_noise,
-        train_split="train", eval_splits={"test": test_fraction},
+        num_images,
+        seed,
+        _RAFDB_EXPRESSIONS,
+        _FREQUENCY_ORDER["rafdb"],
+        imbalance,
+        label_noise,
+        train_split="train",
+        eval_splits={"test": test_fraction},
     )
     counters = {"train": 0, "test": 0}
     digits = {"train": 5, "test": 4}  # upstream numbering: train_00001.jpg, test_0001.jpg
@@ -1064,14 +1207,816 @@ def write_rafdb(
     list_file.write_text("".join(f"{name} {item.label + 1}\n" for item, name in zip(plan, names)))
 
     summary = _summarise("rafdb", root, seed, RAFDB_CLASS_NAMES, plan, started)
-    parameters = dict(num_images=num_images, test_fraction=test_fraction, imbalance=imbalance,
-                      label_noise=label_noise, image_size=image_size, nuisance=nuisance)
+    parameters = dict(
+        num_images=num_images,
+        test_fraction=test_fraction,
+        imbalance=imbalance,
+        label_noise=label_noise,
+        image_size=image_size,
+        nuisance=nuisance,
+    )
     files = [
-        {"file": name, "image": f"{RAFDB_IMAGE_DIR}/{name[:-4]}_aligned.jpg", "split": item.split,
-         "label": item.label, "clean_label": item.clean_label, "expression": item.expression}
+        {
+            "file": name,
+            "image": f"{RAFDB_IMAGE_DIR}/{name[:-4]}_aligned.jpg",
+            "split": item.split,
+            "label": item.label,
+            "clean_label": item.clean_label,
+            "expression": item.expression,
+        }
         for item, name in zip(plan, names)
     ]
     _write_manifest(summary, parameters, files)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared by the writers of full-frame formats (AffectNet, AI-Hub)
+# --------------------------------------------------------------------------------------------------
+
+
+def _render_in_frame(
+    expression: str | None,
+    rng: np.random.Generator,
+    face_size: int,
+    nuisance: float,
+    frame_size: tuple[int, int] | None = None,
+) -> tuple[RenderedFace, tuple[float, float, float]]:
+    """A face inside a larger picture, as in-the-wild datasets ship them; returns it with its face box.
+
+    ``frame_size`` (width, height) fixes the picture size; by default it is the face plus random margins.
+    The box is (left, top, side) of the square an aligner would crop.
+    """
+    if frame_size is None:
+        margins = rng.uniform(0.15, 0.9, size=4) * face_size  # left, top, right, bottom
+        width = round(face_size + margins[0] + margins[2])
+        height = round(face_size + margins[1] + margins[3])
+        left, top = float(round(margins[0])), float(round(margins[1]))
+    else:
+        width, height = frame_size
+        left = float(round(rng.uniform(0, max(width - face_size, 0))))
+        top = float(round(rng.uniform(0, max(height - face_size, 0))))
+    box = (left, top, float(face_size))
+    return _render_in_box(expression, rng, width, height, box, nuisance), box
+
+
+# Valence/arousal centres of each expression (circumplex model), for AffectNet's continuous labels.
+_VALENCE_AROUSAL = {
+    "neutral": (0.0, 0.0),
+    "happiness": (0.7, 0.35),
+    "sadness": (-0.6, -0.3),
+    "surprise": (0.2, 0.75),
+    "fear": (-0.5, 0.7),
+    "disgust": (-0.65, 0.35),
+    "anger": (-0.6, 0.65),
+    "contempt": (-0.45, 0.25),
+}
+
+
+def _valence_arousal(expression: str | None, rng: np.random.Generator) -> tuple[float, float]:
+    if expression is None:
+        return -2.0, -2.0  # AffectNet marks faceless pictures with -2
+    centre = np.array(_VALENCE_AROUSAL[expression])
+    valence, arousal = np.clip(centre + rng.normal(0.0, 0.15, size=2), -1.0, 1.0)
+    return round(float(valence), 6), round(float(arousal), 6)
+
+
+# --------------------------------------------------------------------------------------------------
+# AffectNet
+# --------------------------------------------------------------------------------------------------
+
+#: AffectNet expression ids 0..7 (the 7-class setting uses 0..6).
+AFFECTNET_CLASS_NAMES = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
+#: Ids 8, 9, 10 of rows that are not one of the expressions; readers drop them.
+AFFECTNET_NON_EXPRESSION_NAMES = ("None", "Uncertain", "No-Face")
+_AFFECTNET_EXPRESSIONS = (
+    "neutral",
+    "happiness",
+    "sadness",
+    "surprise",
+    "fear",
+    "disgust",
+    "anger",
+    "contempt",
+)
+AFFECTNET_CSV_HEADER = (
+    "subDirectory_filePath",
+    "face_x",
+    "face_y",
+    "face_width",
+    "face_height",
+    "facial_landmarks",
+    "expression",
+    "valence",
+    "arousal",
+)
+AFFECTNET_CSV_LIST_DIR = "Manually_Annotated_file_lists"
+AFFECTNET_CSV_IMAGE_DIR = "Manually_Annotated_Images"
+
+# Kinds of invalid rows a reader must drop, cycled through when writing ``invalid_rows`` of them.
+_AFFECTNET_INVALID_KINDS = ("none", "uncertain", "no_face", "zero_width_box", "negative_width_box")
+
+
+def _affectnet_file_name(seed: int, key: str) -> str:
+    """56 hex digits, like the real release's file names (which look like SHA-224 digests)."""
+    return hashlib.sha224(f"{seed}:{key}".encode()).hexdigest() + ".jpg"
+
+
+def write_affectnet_csv(
+    out_dir: str | os.PathLike,
+    num_images: int = 800,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    imbalance: float = 5.0,
+    label_noise: float = 0.0,
+    face_size: int = 96,
+    nuisance: float = 1.0,
+    invalid_rows: int = 5,
+    progress: bool | None = None,
+    overwrite: bool = False,
+) -> SyntheticSummary:
+    """Write AffectNet's original CSV release (design/data.md §3.1).
+
+    Layout::
+
+        <out>/Manually_Annotated_file_lists/training.csv     header: subDirectory_filePath,face_x,...
+        <out>/Manually_Annotated_file_lists/validation.csv
+        <out>/Manually_Annotated_Images/<subDirectory>/<56 hex digits>.jpg
+
+    Each picture is a face inside a larger frame; ``face_x, face_y, face_width, face_height`` is its
+    square face box (``face_size`` pixels), ``facial_landmarks`` 68 ``x;y`` points on the drawn face,
+    ``expression`` the AffectNet id 0..7 (all 8 classes are written; 7-class readers drop Contempt),
+    ``valence``/``arousal`` in [-1, 1]. Validation is balanced per class, as the real one (500 each).
+
+    ``num_images`` counts the valid labelled rows. Each CSV also gets ``invalid_rows`` extra rows a
+    reader must drop, cycling through: expression 8 (None), 9 (Uncertain), 10 (No-Face, a picture
+    without a face, valence/arousal -2), ``face_width`` 0 and ``face_width`` -1. Their images exist.
+    Split names in the summary and manifest: ``training`` and ``validation`` (the CSV stems).
+    """
+    started = time.perf_counter()
+    root = _prepare_output_dir(out_dir, overwrite)
+    plan = plan_dataset(
+        num_images,
+        seed,
+        _AFFECTNET_EXPRESSIONS,
+        _FREQUENCY_ORDER["affectnet"],
+        imbalance,
+        label_noise,
+        train_split="training",
+        eval_splits={"validation": validation_fraction},
+        balanced_eval=True,
+    )
+    rows: dict[str, list[list[Any]]] = {"training": [], "validation": []}
+    files: list[dict[str, Any]] = []
+    for item in _progress(plan, progress, "AffectNet (CSV)"):
+        rng = image_rng(seed, item.index)
+        relative = f"{1 + item.index % 10}/{_affectnet_file_name(seed, str(item.index))}"
+        row = _affectnet_csv_row(root, relative, item.expression, item.label, rng, face_size, nuisance)
+        rows[item.split].append(row)
+        files.append(
+            {
+                "file": relative,
+                "split": item.split,
+                "label": item.label,
+                "clean_label": item.clean_label,
+                "expression": item.expression,
+                "box": row[1:5],
+            }
+        )
+
+    invalid: list[dict[str, Any]] = []
+    extra_rng = np.random.default_rng([seed, _EXTRA_STREAM])
+    for split in ("training", "validation"):
+        for position in range(invalid_rows):
+            kind = _AFFECTNET_INVALID_KINDS[position % len(_AFFECTNET_INVALID_KINDS)]
+            key = f"{split}-invalid-{position}"
+            rng = np.random.default_rng([seed, _EXTRA_STREAM, len(invalid)])
+            relative = f"{1 + len(invalid) % 10}/{_affectnet_file_name(seed, key)}"
+            expression = None if kind == "no_face" else EXPRESSIONS[int(rng.integers(len(EXPRESSIONS)))]
+            non_expression_ids = {"none": 8, "uncertain": 9, "no_face": 10}
+            if kind in non_expression_ids:
+                label = non_expression_ids[kind]
+            else:  # a valid expression with a broken face box
+                label = _AFFECTNET_EXPRESSIONS.index(expression)
+            row = _affectnet_csv_row(root, relative, expression, label, rng, face_size, nuisance)
+            if kind == "zero_width_box":
+                row[3] = 0
+            elif kind == "negative_width_box":
+                row[3] = -1
+            # Real files interleave these with valid rows; put each at a seeded random position.
+            rows[split].insert(int(extra_rng.integers(len(rows[split]) + 1)), row)
+            invalid.append({"file": relative, "split": split, "reason": kind, "expression_id": label})
+
+    list_dir = root / AFFECTNET_CSV_LIST_DIR
+    list_dir.mkdir(parents=True, exist_ok=True)
+    for split, split_rows in rows.items():
+        with open(list_dir / f"{split}.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(AFFECTNET_CSV_HEADER)
+            writer.writerows(split_rows)
+
+    summary = _summarise("affectnet_csv", root, seed, AFFECTNET_CLASS_NAMES, plan, started, len(invalid))
+    parameters = dict(
+        num_images=num_images,
+        validation_fraction=validation_fraction,
+        imbalance=imbalance,
+        label_noise=label_noise,
+        face_size=face_size,
+        nuisance=nuisance,
+        invalid_rows=invalid_rows,
+    )
+    _write_manifest(summary, parameters, files, {"invalid_rows": invalid})
+    return summary
+
+
+def _affectnet_csv_row(
+    root: Path,
+    relative: str,
+    expression: str | None,
+    label: int,
+    rng: np.random.Generator,
+    face_size: int,
+    nuisance: float,
+) -> list[Any]:
+    """Render one framed face, save it under ``Manually_Annotated_Images/`` and return its CSV row."""
+    rendered, (left, top, side) = _render_in_frame(expression, rng, face_size, nuisance)
+    _write_bytes(root / AFFECTNET_CSV_IMAGE_DIR / relative, _encode_jpeg(rendered.image))
+    landmarks = ";".join(f"{value:.2f}" for value in rendered.landmarks.reshape(-1)) if expression else ""
+    valence, arousal = _valence_arousal(expression, rng)
+    return [relative, int(left), int(top), int(side), int(side), landmarks, label, valence, arousal]
+
+
+def write_affectnet_npy(
+    out_dir: str | os.PathLike,
+    num_images: int = 800,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    imbalance: float = 5.0,
+    label_noise: float = 0.0,
+    image_size: int = 112,
+    nuisance: float = 1.0,
+    val_dir_name: str = "val_set",
+    exp_dtype: str = "str",
+    progress: bool | None = None,
+    overwrite: bool = False,
+) -> SyntheticSummary:
+    """Write AffectNet's newer npy-annotation release (design/data.md §3.2).
+
+    Layout::
+
+        <out>/train_set/images/<id>.jpg                  aligned faces (real: 224×224; here image_size)
+        <out>/train_set/annotations/<id>_exp.npy         expression id 0..7
+        <out>/train_set/annotations/<id>_val.npy         valence
+        <out>/train_set/annotations/<id>_aro.npy         arousal
+        <out>/train_set/annotations/<id>_lnd.npy         68 landmarks, float64 (136,) = x1, y1, x2, y2, ...
+        <out>/val_set/...                                same; ``val_dir_name="valid_set"`` for POSTER's name
+
+    The real files hold 0-d numpy *string* arrays (``np.array('3')``, dtype ``<U1``; valence and arousal
+    likewise as decimal strings), which ``int(np.load(f))`` / ``float(np.load(f))`` read; that is the
+    default here. ``exp_dtype="int"`` writes 0-d int64 arrays instead, for readers that must accept both.
+    Ids are numbered from 0 within each split. Validation is balanced per class. Split names: ``train``
+    and ``val``.
+    """
+    if exp_dtype not in ("str", "int"):
+        raise ValueError(f"exp_dtype must be 'str' or 'int', got {exp_dtype!r}")
+    if val_dir_name not in ("val_set", "valid_set"):
+        raise ValueError(f"val_dir_name must be 'val_set' or 'valid_set', got {val_dir_name!r}")
+    started = time.perf_counter()
+    root = _prepare_output_dir(out_dir, overwrite)
+    plan = plan_dataset(
+        num_images,
+        seed,
+        _AFFECTNET_EXPRESSIONS,
+        _FREQUENCY_ORDER["affectnet"],
+        imbalance,
+        label_noise,
+        train_split="train",
+        eval_splits={"val": validation_fraction},
+        balanced_eval=True,
+    )
+    split_dirs = {"train": "train_set", "val": val_dir_name}
+    next_id = {"train": 0, "val": 0}
+    files: list[dict[str, Any]] = []
+    for item in _progress(plan, progress, "AffectNet (npy)"):
+        rng = image_rng(seed, item.index)
+        rendered = render_face_with_landmarks(item.expression, rng, image_size, nuisance)
+        valence, arousal = _valence_arousal(item.expression, rng)
+        image_id = next_id[item.split]
+        next_id[item.split] += 1
+        split_dir = root / split_dirs[item.split]
+        _write_bytes(split_dir / "images" / f"{image_id}.jpg", _encode_jpeg(rendered.image))
+        annotations = split_dir / "annotations"
+        annotations.mkdir(parents=True, exist_ok=True)
+        if exp_dtype == "str":
+            expression_array = np.array(str(item.label))
+            valence_array, arousal_array = np.array(repr(valence)), np.array(repr(arousal))
+        else:
+            expression_array = np.array(item.label, dtype=np.int64)
+            valence_array, arousal_array = np.array(valence), np.array(arousal)
+        np.save(annotations / f"{image_id}_exp.npy", expression_array)
+        np.save(annotations / f"{image_id}_val.npy", valence_array)
+        np.save(annotations / f"{image_id}_aro.npy", arousal_array)
+        np.save(annotations / f"{image_id}_lnd.npy", rendered.landmarks.reshape(-1).astype(np.float64))
+        files.append(
+            {
+                "file": f"{split_dirs[item.split]}/images/{image_id}.jpg",
+                "split": item.split,
+                "label": item.label,
+                "clean_label": item.clean_label,
+                "expression": item.expression,
+            }
+        )
+    summary = _summarise("affectnet_npy", root, seed, AFFECTNET_CLASS_NAMES, plan, started)
+    parameters = dict(
+        num_images=num_images,
+        validation_fraction=validation_fraction,
+        imbalance=imbalance,
+        label_noise=label_noise,
+        image_size=image_size,
+        nuisance=nuisance,
+        val_dir_name=val_dir_name,
+        exp_dtype=exp_dtype,
+    )
+    _write_manifest(summary, parameters, files)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# AI-Hub Korean emotion images
+# --------------------------------------------------------------------------------------------------
+
+#: AI-Hub classes in the public loaders' order (also the code-point order of the NFC names).
+AIHUB_CLASS_NAMES = ("기쁨", "당황", "분노", "불안", "상처", "슬픔", "중립")
+# 당황 (embarrassment/panic) is drawn as surprise and 불안 (anxiety) as fear, their closest basic
+# expressions. 상처 (hurt) has no basic counterpart: it gets the disgust geometry, the most distinct of
+# the remaining ones (lowered brows, narrowed eyes, raised upper lip), so all seven stay separable.
+_AIHUB_EXPRESSIONS = ("happiness", "surprise", "anger", "fear", "disgust", "sadness", "neutral")
+_AIHUB_BACKGROUNDS = (
+    "공공시설&종교&의료시설",
+    "교통&이동수단",
+    "도심 환경",
+    "상업시설&점포&시장",
+    "숙박 및 거주공간",
+    "자연환경",
+    "학교&교육기관",
+)
+_AIHUB_SPLITS = {
+    # split name: (folder, label/source folder tag, JSON file stem)
+    "Training": ("Training", "TRAIN", "img_emotion_training_data"),
+    "Validation": ("Validation", "VALID", "img_emotion_validation_data"),
+}
+
+
+def write_aihub(
+    out_dir: str | os.PathLike,
+    num_images: int = 700,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    imbalance: float = 1.0,
+    label_noise: float = 0.0,
+    frame_size: tuple[int, int] = (320, 240),
+    face_size_range: tuple[int, int] = (90, 150),
+    nuisance: float = 1.0,
+    unicode_form: str = "NFC",
+    list_boxes: int = 2,
+    annotator_disagreement: float = 0.15,
+    box_jitter: float = 0.04,
+    ampersand_to_underscore: bool = False,
+    json_encoding: str = "utf-8",
+    train_parts: int = 1,
+    progress: bool | None = None,
+    overwrite: bool = False,
+) -> SyntheticSummary:
+    """Write the AI-Hub Korean emotion set in its JSON-per-class release (design/data.md §4.1, first form).
+
+    Layout (``<감정>`` is each Korean class name)::
+
+        <out>/Training/[라벨]EMOIMG_<감정>_TRAIN/img_emotion_training_data(<감정>).json
+        <out>/Training/[원천]EMOIMG_<감정>_TRAIN_01/<images>        (_01, _02, … with train_parts > 1)
+        <out>/Validation/[라벨]EMOIMG_<감정>_VALID/img_emotion_validation_data(<감정>).json
+        <out>/Validation/[원천]EMOIMG_<감정>_VALID/<images>
+
+    Each JSON is a top-level list of records ``{filename, gender, age, isProf, faceExp_uploader,
+    bg_uploader, annot_A, annot_B, annot_C}`` with ``annot_X = {boxes: {maxX, maxY, minX, minY}, faceExp,
+    bg}``. Pictures are ``frame_size`` full frames (real ones are 2-4k pixels; kept small here) with one
+    face of ``face_size_range`` pixels; each annotator's box is the true face box plus ``box_jitter``
+    (fraction of its side) noise. Images sit in the folder of the uploader's class (``faceExp_uploader``);
+    ``label_noise`` corrupts that, while annotators judge the drawn face and disagree with it with
+    probability ``annotator_disagreement`` each, so a majority vote mostly recovers the clean label.
+
+    Quirks of the real data, all optional: ``unicode_form="NFD"`` writes folder and file names on disk
+    decomposed (as copies unpacked on macOS have them) while the JSON stays NFC; the first
+    ``list_boxes`` records store ``boxes`` as a one-element list ``[{...}]``; backgrounds containing ``&``
+    put ``&`` into file names (``ampersand_to_underscore`` writes ``_`` on disk instead, as some copies
+    have it, while the JSON keeps ``&``); ``json_encoding`` ``"utf-8-sig"`` or ``"euc-kr"`` for the
+    encodings some copies use. Split names: ``Training`` and ``Validation``.
+    """
+    if unicode_form not in ("NFC", "NFD"):
+        raise ValueError(f"unicode_form must be 'NFC' or 'NFD', got {unicode_form!r}")
+    if not 0.0 <= annotator_disagreement <= 1.0:
+        raise ValueError(f"annotator_disagreement is a probability, got {annotator_disagreement}")
+    if train_parts < 1:
+        raise ValueError(f"train_parts must be at least 1, got {train_parts}")
+    started = time.perf_counter()
+    root = _prepare_output_dir(out_dir, overwrite)
+    plan = plan_dataset(
+        num_images,
+        seed,
+        _AIHUB_EXPRESSIONS,
+        _FREQUENCY_ORDER["aihub"],
+        imbalance,
+        label_noise,
+        train_split="Training",
+        eval_splits={"Validation": validation_fraction},
+    )
+
+    def on_disk(name: str) -> str:
+        return unicodedata.normalize(unicode_form, name)
+
+    records: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    files: list[dict[str, Any]] = []
+    position_in_class: dict[tuple[str, int], int] = {}
+    for item in _progress(plan, progress, "AI-Hub"):
+        rng = image_rng(seed, item.index)
+        face_size = int(rng.integers(face_size_range[0], face_size_range[1] + 1))
+        rendered, (left, top, side) = _render_in_frame(item.expression, rng, face_size, nuisance, frame_size)
+        uploader_class = AIHUB_CLASS_NAMES[item.label]
+        background = _AIHUB_BACKGROUNDS[int(rng.integers(len(_AIHUB_BACKGROUNDS)))]
+        gender = "남" if rng.random() < 0.5 else "여"
+        age = int(rng.integers(2, 7)) * 10
+        timestamp = f"2020{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}{rng.integers(0, 24):02d}"
+        timestamp += f"{rng.integers(0, 60):02d}{rng.integers(0, 60):02d}"
+        digest = hashlib.sha256(f"{seed}:{item.index}".encode()).hexdigest()
+        sequence = f"{rng.integers(1, 1000):03d}-{rng.integers(1, 1000):03d}"
+        filename = f"{digest}_{gender}_{age}_{uploader_class}_{background}_{timestamp}-{sequence}.jpg"
+
+        key = (item.split, item.label)
+        position = position_in_class.get(key, 0)
+        position_in_class[key] = position + 1
+        folder, tag, _ = _AIHUB_SPLITS[item.split]
+        part = f"_{1 + position % train_parts:02d}" if item.split == "Training" else ""
+        image_dir = f"{folder}/[원천]EMOIMG_{uploader_class}_{tag}{part}"
+        disk_name = filename.replace("&", "_") if ampersand_to_underscore else filename
+        relative = f"{on_disk(image_dir)}/{on_disk(disk_name)}"
+        _write_bytes(root / relative, _encode_jpeg(rendered.image))
+
+        record: dict[str, Any] = {
+            "filename": filename,
+            "gender": gender,
+            "age": age,
+            "isProf": "전문인" if rng.random() < 0.3 else "일반인",
+            "faceExp_uploader": uploader_class,
+            "bg_uploader": background,
+        }
+        annotator_labels = []
+        for annotator in "ABC":
+            if rng.random() < annotator_disagreement:
+                judged = (item.clean_label + int(rng.integers(1, len(AIHUB_CLASS_NAMES)))) % len(
+                    AIHUB_CLASS_NAMES
+                )
+            else:
+                judged = item.clean_label
+            annotator_labels.append(judged)
+            jitter = rng.normal(0.0, box_jitter * side, size=4)
+            boxes = {
+                "maxX": round(float(left + side + jitter[0]), 4),
+                "maxY": round(float(top + side + jitter[1]), 4),
+                "minX": round(float(left + jitter[2]), 4),
+                "minY": round(float(top + jitter[3]), 4),
+            }
+            record[f"annot_{annotator}"] = {
+                "boxes": boxes,
+                "faceExp": AIHUB_CLASS_NAMES[judged],
+                "bg": background,
+            }
+        records.setdefault(key, []).append(record)
+        files.append(
+            {
+                "file": relative,
+                "filename": filename,
+                "split": item.split,
+                "label": item.label,
+                "clean_label": item.clean_label,
+                "annotator_labels": annotator_labels,
+                "expression": item.expression,
+                "box": [left, top, left + side, top + side],
+            }
+        )
+
+    # The first ``list_boxes`` records in plan order get the list form some real records have.
+    list_form = {file["filename"] for file in files[:list_boxes]}
+    for split, (folder, tag, json_stem) in _AIHUB_SPLITS.items():
+        for label, class_name in enumerate(AIHUB_CLASS_NAMES):
+            split_records = records.get((split, label), [])
+            if not split_records:
+                continue
+            for record in split_records:
+                if record["filename"] in list_form:
+                    for annotator in "ABC":
+                        record[f"annot_{annotator}"]["boxes"] = [record[f"annot_{annotator}"]["boxes"]]
+            label_dir = root / on_disk(f"{folder}/[라벨]EMOIMG_{class_name}_{tag}")
+            label_dir.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(split_records, ensure_ascii=False, indent=1)
+            (label_dir / on_disk(f"{json_stem}({class_name}).json")).write_bytes(text.encode(json_encoding))
+
+    summary = _summarise("aihub", root, seed, AIHUB_CLASS_NAMES, plan, started)
+    parameters = dict(
+        num_images=num_images,
+        validation_fraction=validation_fraction,
+        imbalance=imbalance,
+        label_noise=label_noise,
+        frame_size=list(frame_size),
+        face_size_range=list(face_size_range),
+        nuisance=nuisance,
+        unicode_form=unicode_form,
+        list_boxes=list_boxes,
+        annotator_disagreement=annotator_disagreement,
+        box_jitter=box_jitter,
+        ampersand_to_underscore=ampersand_to_underscore,
+        json_encoding=json_encoding,
+        train_parts=train_parts,
+    )
+    _write_manifest(summary, parameters, files, {"list_form_boxes": sorted(list_form)})
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# FER2013 and FER+
+# --------------------------------------------------------------------------------------------------
+
+#: FER2013 classes in FER2013 order.
+FER2013_CLASS_NAMES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+_FER2013_EXPRESSIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+#: FER+ classes in the order of the vote columns of fer2013new.csv.
+FERPLUS_CLASS_NAMES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+FERPLUS_HEADER = ("Usage", "Image name", *FERPLUS_CLASS_NAMES, "unknown", "NF")
+FER2013_USAGES = ("Training", "PublicTest", "PrivateTest")
+_FER_IMAGE_SIZE = 48
+_FERPLUS_VOTERS = 10
+
+# Which classes crowd workers confuse a face with, for FER+'s vote distributions.
+_FERPLUS_CONFUSIONS = {
+    "neutral": ("sadness", "contempt"),
+    "happiness": ("neutral", "surprise"),
+    "surprise": ("fear", "happiness"),
+    "sadness": ("neutral", "fear"),
+    "anger": ("disgust", "contempt"),
+    "disgust": ("anger", "contempt"),
+    "fear": ("surprise", "sadness"),
+    "contempt": ("neutral", "disgust"),
+}
+
+
+def _fer_pixels(image: np.ndarray) -> str:
+    """48×48 RGB → FER2013's space-separated grey pixel string."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return " ".join(map(str, grey.reshape(-1).tolist()))
+
+
+def _fer_plan(
+    num_images: int,
+    seed: int,
+    class_expressions: Sequence[str],
+    frequency_order: Sequence[str],
+    imbalance: float,
+    label_noise: float,
+    public_test_fraction: float,
+    private_test_fraction: float,
+) -> list[PlannedImage]:
+    return plan_dataset(
+        num_images,
+        seed,
+        class_expressions,
+        frequency_order,
+        imbalance,
+        label_noise,
+        train_split="Training",
+        eval_splits={"PublicTest": public_test_fraction, "PrivateTest": private_test_fraction},
+    )
+
+
+def _write_fer2013_csv(path: Path, rows: Iterable[tuple[int, str, str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(("emotion", "pixels", "Usage"))
+        writer.writerows(rows)
+
+
+def write_fer2013(
+    out_dir: str | os.PathLike,
+    num_images: int = 700,
+    seed: int = 0,
+    public_test_fraction: float = 0.1,
+    private_test_fraction: float = 0.1,
+    imbalance: float = 4.0,
+    label_noise: float = 0.0,
+    nuisance: float = 1.0,
+    progress: bool | None = None,
+    overwrite: bool = False,
+) -> SyntheticSummary:
+    """Write ``<out>/fer2013.csv`` as Kaggle ships it (design/data.md §5).
+
+    Header ``emotion,pixels,Usage``; ``emotion`` in FER2013 order (0 Angry … 6 Neutral), ``pixels``
+    2,304 space-separated grey values of a 48×48 face, ``Usage`` Training, PublicTest or PrivateTest
+    (rows in that order, as in the real file; real proportions are about 80/10/10). Split names are the
+    Usage values.
+    """
+    started = time.perf_counter()
+    root = _prepare_output_dir(out_dir, overwrite)
+    plan = _fer_plan(
+        num_images,
+        seed,
+        _FER2013_EXPRESSIONS,
+        _FREQUENCY_ORDER["fer2013"],
+        imbalance,
+        label_noise,
+        public_test_fraction,
+        private_test_fraction,
+    )
+    rows = []
+    for item in _progress(plan, progress, "FER2013"):
+        image = render_face(item.expression, image_rng(seed, item.index), _FER_IMAGE_SIZE, nuisance)
+        rows.append((item.label, _fer_pixels(image), item.split))
+    _write_fer2013_csv(root / "fer2013.csv", rows)
+    summary = _summarise("fer2013", root, seed, FER2013_CLASS_NAMES, plan, started)
+    parameters = dict(
+        num_images=num_images,
+        public_test_fraction=public_test_fraction,
+        private_test_fraction=private_test_fraction,
+        imbalance=imbalance,
+        label_noise=label_noise,
+        nuisance=nuisance,
+    )
+    files = [
+        {
+            "row": row,
+            "split": item.split,
+            "label": item.label,
+            "clean_label": item.clean_label,
+            "expression": item.expression,
+        }
+        for row, item in enumerate(plan)
+    ]
+    _write_manifest(summary, parameters, files)
+    return summary
+
+
+def _ferplus_votes(expression: str, rng: np.random.Generator) -> list[int]:
+    """Ten crowd votes (8 classes, unknown, NF) whose strict majority is ``expression``."""
+    num_columns = len(FERPLUS_CLASS_NAMES) + 2
+    target = FERPLUS_CLASS_NAMES.index(expression)
+    agreement = rng.uniform(0.45, 0.95)
+    probabilities = np.full(num_columns, 0.0)
+    probabilities[target] = agreement
+    for confused in _FERPLUS_CONFUSIONS[expression]:
+        probabilities[FERPLUS_CLASS_NAMES.index(confused)] = 0.35 * (1.0 - agreement)
+    probabilities[: len(FERPLUS_CLASS_NAMES)] += 0.25 * (1.0 - agreement) / len(FERPLUS_CLASS_NAMES)
+    probabilities[-2] = 0.05 * (1.0 - agreement)  # unknown
+    probabilities /= probabilities.sum()
+    votes = rng.multinomial(_FERPLUS_VOTERS, probabilities)
+    # Move votes from the strongest rival until the drawn class holds a strict majority (plurality).
+    while votes[target] <= np.delete(votes, target).max():
+        rival = int(np.argmax(np.where(np.arange(num_columns) == target, -1, votes)))
+        votes[rival] -= 1
+        votes[target] += 1
+    return [int(vote) for vote in votes]
+
+
+def write_ferplus(
+    out_dir: str | os.PathLike,
+    num_images: int = 700,
+    seed: int = 0,
+    public_test_fraction: float = 0.1,
+    private_test_fraction: float = 0.1,
+    imbalance: float = 4.0,
+    label_noise: float = 0.0,
+    nuisance: float = 1.0,
+    not_face_rows: int = 3,
+    unknown_rows: int = 2,
+    progress: bool | None = None,
+    overwrite: bool = False,
+) -> SyntheticSummary:
+    """Write FER2013 plus Microsoft's FER+ label file (design/data.md §6).
+
+    Layout::
+
+        <out>/fer2013.csv       emotion,pixels,Usage (as :func:`write_fer2013`)
+        <out>/fer2013new.csv    Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,
+                                contempt,unknown,NF — one row per fer2013.csv row, in the same order
+
+    Each FER+ row holds ten annotators' votes (summing to 10) and the image name ``fer%07d.png`` of its
+    row index. Classes are planned in FER+ order (8, with contempt); the drawn class always holds the
+    strict plurality of votes. The FER2013 ``emotion`` column gets the FER2013 id of the drawn class
+    (contempt, absent from FER2013, becomes Disgust); ``label_noise`` corrupts that column only, mimicking
+    the noisy original labels that FER+ re-annotated — the votes stay truthful.
+
+    Extra rows a FER+ reader must drop, placed at seeded positions among the Training rows: ``not_face_rows``
+    with an empty image name and all ten votes on NF (Microsoft's script skips rows without a name),
+    and ``unknown_rows`` whose plurality is ``unknown``. Split names are the Usage values; the summary's
+    ``num_noisy_labels`` counts corrupted FER2013 labels.
+    """
+    started = time.perf_counter()
+    root = _prepare_output_dir(out_dir, overwrite)
+    plan = _fer_plan(
+        num_images,
+        seed,
+        FERPLUS_CLASS_NAMES,
+        _FREQUENCY_ORDER["ferplus"],
+        imbalance,
+        0.0,
+        public_test_fraction,
+        private_test_fraction,
+    )
+    noise_rng = np.random.default_rng([seed, _EXTRA_STREAM, 0])
+    training = [item.index for item in plan if item.split == "Training"]
+    num_corrupted = round(label_noise * len(training))
+    corrupted = set(noise_rng.choice(training, size=num_corrupted, replace=False).tolist())
+
+    # Rows: (kind, planned image or None). The plan lists Training first, so the Training block is the
+    # first ``training_rows`` rows; extra rows go to random places inside it.
+    rows: list[tuple[str, PlannedImage | None]] = [("image", item) for item in plan]
+    training_rows = len(training)
+    for kind, count in (("not_face", not_face_rows), ("unknown", unknown_rows)):
+        for _ in range(count):
+            rows.insert(int(noise_rng.integers(training_rows + 1)), (kind, None))
+            training_rows += 1
+
+    fer_rows: list[tuple[int, str, str]] = []
+    ferplus_rows: list[list[Any]] = []
+    files: list[dict[str, Any]] = []
+    extra_index = 0
+    for row_index, (kind, item) in enumerate(_progress(rows, progress, "FER+")):
+        image_name = f"fer{row_index:07d}.png"
+        if item is not None:
+            rng = image_rng(seed, item.index)
+            image = render_face(item.expression, rng, _FER_IMAGE_SIZE, nuisance)
+            votes = _ferplus_votes(item.expression, rng)
+            fer_label = _FER2013_EXPRESSIONS.index(
+                "disgust" if item.expression == "contempt" else item.expression
+            )
+            if item.index in corrupted:
+                fer_label = (fer_label + int(rng.integers(1, len(FER2013_CLASS_NAMES)))) % len(
+                    FER2013_CLASS_NAMES
+                )
+            usage = item.split
+            files.append(
+                {
+                    "row": row_index,
+                    "image_name": image_name,
+                    "split": usage,
+                    "label": item.label,
+                    "clean_label": item.clean_label,
+                    "fer2013_label": fer_label,
+                    "votes": votes,
+                    "expression": item.expression,
+                }
+            )
+        else:
+            rng = np.random.default_rng([seed, _EXTRA_STREAM, 1, extra_index])
+            extra_index += 1
+            usage = "Training"
+            fer_label = int(rng.integers(len(FER2013_CLASS_NAMES)))
+            if kind == "not_face":
+                image = _render_no_face(rng, _FER_IMAGE_SIZE, _FER_IMAGE_SIZE, nuisance)
+                votes = [0] * len(FERPLUS_CLASS_NAMES) + [0, _FERPLUS_VOTERS]
+                image_name = ""
+            else:
+                image = render_face(
+                    EXPRESSIONS[int(rng.integers(len(EXPRESSIONS)))], rng, _FER_IMAGE_SIZE, nuisance
+                )
+                unknown = int(rng.integers(6, 9))
+                spread = rng.multinomial(_FERPLUS_VOTERS - unknown, np.full(len(FERPLUS_CLASS_NAMES), 0.125))
+                votes = [int(vote) for vote in spread] + [unknown, 0]
+        fer_rows.append((fer_label, _fer_pixels(image), usage))
+        ferplus_rows.append([usage, image_name, *votes])
+
+    _write_fer2013_csv(root / "fer2013.csv", fer_rows)
+    with open(root / "fer2013new.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(FERPLUS_HEADER)
+        writer.writerows(ferplus_rows)
+
+    summary = _summarise(
+        "ferplus", root, seed, FERPLUS_CLASS_NAMES, plan, started, not_face_rows + unknown_rows
+    )
+    summary.num_noisy_labels = len(corrupted)
+    parameters = dict(
+        num_images=num_images,
+        public_test_fraction=public_test_fraction,
+        private_test_fraction=private_test_fraction,
+        imbalance=imbalance,
+        label_noise=label_noise,
+        nuisance=nuisance,
+        not_face_rows=not_face_rows,
+        unknown_rows=unknown_rows,
+    )
+    invalid = [{"row": index, "reason": kind} for index, (kind, _) in enumerate(rows) if kind != "image"]
+    _write_manifest(
+        summary,
+        parameters,
+        files,
+        {"invalid_rows": invalid, "fer2013_class_names": list(FER2013_CLASS_NAMES)},
+    )
     return summary
 
 
@@ -1082,6 +2027,11 @@ def write_rafdb(
 #: Writers by format name; each takes ``(out_dir, num_images=..., seed=..., **options)``.
 WRITERS: dict[str, Callable[..., SyntheticSummary]] = {
     "rafdb": write_rafdb,
+    "affectnet_csv": write_affectnet_csv,
+    "affectnet_npy": write_affectnet_npy,
+    "aihub": write_aihub,
+    "fer2013": write_fer2013,
+    "ferplus": write_ferplus,
 }
 
 
@@ -1136,6 +2086,7 @@ def ensure_synthetic_dataset(
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    scratch.chmod(0o755)  # mkdtemp makes it private; a cache may be shared between users
     try:
         options = {key: value for key, value in options.items() if key != "overwrite"}
         write_synthetic(fmt, scratch, num_images=num_images, seed=seed, **options)
@@ -1154,7 +2105,3 @@ def ensure_synthetic_dataset(
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     """The ``synthetic_manifest.json`` of a generated dataset."""
     return json.loads((Path(root) / MANIFEST_NAME).read_text(encoding="utf-8"))
-
-
-def _nfc(text: str) -> str:
-    return unicodedata.normalize("NFC", text)
