@@ -118,11 +118,14 @@ def test_cba_scale_options():
         BatchTransformer(16, 7, 49, scale="sqrt")
 
 
-def test_bf16_autocast_is_finite(tiny_btn):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_is_finite(tiny_btn, dtype):
     images, labels = torch.randn(8, 3, 112, 112), torch.randint(0, 7, (8,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
+        heads = tiny_btn.heads(images)
         loss, _ = tiny_btn.training_loss(images, labels)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert heads["cba"].dtype == dtype  # the op runs in the autocast dtype
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)  # losses in fp32
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in tiny_btn.parameters() if p.grad is not None)
     tiny_btn.zero_grad()
