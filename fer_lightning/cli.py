@@ -24,6 +24,7 @@ import fer_lightning.data
 import fer_lightning.models  # noqa: F401
 from fer_lightning.callbacks import ConfusionMatrixPlot
 from fer_lightning.data import FERDataModule
+from fer_lightning.data.summary import data_summary
 from fer_lightning.models import FERClassifier
 
 SELECTION_METRIC = "val/acc"
@@ -138,6 +139,7 @@ def complexity(argv: list[str]) -> None:
 EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "make-synthetic": make_synthetic,
     "complexity": complexity,
+    "data-summary": data_summary,
 }
 EXTRA_COMMANDS_HELP = "more commands:\n" + "\n".join(
     f"  {name:<16} {command.__doc__.split(':', 1)[1].strip()}" for name, command in EXTRA_COMMANDS.items()

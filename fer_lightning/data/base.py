@@ -1,8 +1,19 @@
 """The datamodule every dataset shares: split tables, validation carve, transforms, sampler, loaders.
 
-A dataset module only says how to read its annotations into :class:`SplitTable` objects and how to
-load one sample's pixels; everything a researcher tunes (batch size, workers, image size, recipe,
-sampler, validation carve) lives here once.
+A dataset module only says how to read its annotations into :class:`SplitTable` objects (through a
+:class:`SplitBuilder`, which also counts what it leaves out) and how to load one sample's pixels;
+everything a researcher tunes (batch size, workers, image size, recipe, sampler, validation carve, what
+to do with bad input) lives here once.
+
+Bad input has two kinds, both counted per split and reason:
+
+* **known-invalid rows** a dataset ships with (AffectNet's None/Uncertain/No-Face rows, its missing
+  images, FER+ rows without a majority): always dropped, and logged at setup;
+* **bad input** (a malformed row, a label out of range, a listed file that is missing, an image that
+  does not decode): by default a one-line :class:`~fer_lightning.data.io.BadSampleError` naming the file
+  or row; with ``on_bad_sample="skip"`` left out and reported: annotation problems as a warning at
+  setup, images that only fail when a DataLoader worker decodes them in a file of the run folder
+  (``bad_samples.tsv``) that :meth:`FERDataModule.teardown` sums up in a warning.
 """
 
 from __future__ import annotations
@@ -10,6 +21,8 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,42 +33,111 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from fer_lightning.data.io import BadSampleError, read_rgb
+from fer_lightning.data.io import BadSampleError, FaceCrop, FaceCropper, read_rgb
 from fer_lightning.data.samplers import ImbalancedDatasetSampler
-from fer_lightning.data.synthetic import ensure_synthetic_dataset
+from fer_lightning.data.synthetic import default_cache_dir, ensure_synthetic_dataset
 from fer_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+BAD_SAMPLE_POLICIES = ("raise", "skip")
+BAD_SAMPLES_FILE = "bad_samples.tsv"
+
+
+class BadSampleWarning(UserWarning):
+    """Samples were skipped because of ``on_bad_sample="skip"``; the message counts them per reason."""
 
 
 @dataclass
 class SplitTable:
     """One split, in dataset order: what to load for each sample, its label, and a name for messages.
 
-    ``sources[i]`` is whatever the dataset's ``load_image`` takes (a path, a path and a face box, …);
-    ``names[i]`` is the file or annotation row a user would look up when sample i is bad.
+    ``sources[i]`` is whatever the dataset's ``load_image`` takes (a path, a face crop, pixels, …);
+    ``names[i]`` is the file or annotation row a user would look up when sample i is bad; ``extras`` holds
+    further per-sample arrays (FER+ vote distributions), kept aligned through :meth:`subset`.
+    ``dropped`` counts known-invalid rows per reason, ``bad`` counts bad input per reason, and
+    ``examples`` keeps the first message of each reason.
     """
 
     sources: list[Any]
     labels: np.ndarray
     names: list[str]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
     dropped: Counter = field(default_factory=Counter)
+    bad: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if not len(self.sources) == len(self.labels) == len(self.names):
             raise ValueError("sources, labels and names must have the same length")
+        for key, values in self.extras.items():
+            if len(values) != len(self.labels):
+                raise ValueError(f"extra {key!r} has {len(values)} rows for {len(self.labels)} samples")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: Sequence[int]) -> SplitTable:
+        """The samples at ``indices`` (counts of left-out rows stay with the official split)."""
+        indices = list(indices)
         return SplitTable(
-            [self.sources[i] for i in indices], self.labels[list(indices)], [self.names[i] for i in indices]
+            [self.sources[i] for i in indices],
+            self.labels[indices],
+            [self.names[i] for i in indices],
+            {key: values[indices] for key, values in self.extras.items()},
+        )
+
+
+class SplitBuilder:
+    """Collects one official split while a reader parses its annotations, and counts what it leaves out.
+
+    Readers call :meth:`add` for every usable sample, :meth:`drop` for rows the dataset is known to ship
+    invalid, and :meth:`bad` for bad input; the datamodule decides at setup whether bad input raises.
+    """
+
+    def __init__(self, split: str, num_classes: int) -> None:
+        self.split = split
+        self.num_classes = num_classes
+        self._sources: list[Any] = []
+        self._labels: list[int] = []
+        self._names: list[str] = []
+        self._extras: dict[str, list[Any]] = {}
+        self._dropped: Counter = Counter()
+        self._bad: Counter = Counter()
+        self._examples: dict[str, str] = {}
+
+    def add(self, source: Any, label: int, name: str, **extras: Any) -> None:
+        """Keep a sample; a label outside ``0..num_classes-1`` is bad input, never a silent wrong label."""
+        if not 0 <= label < self.num_classes:
+            self.bad("label out of range", f"{name}: label {label} is outside 0..{self.num_classes - 1}")
+            return
+        self._sources.append(source)
+        self._labels.append(int(label))
+        self._names.append(name)
+        for key, value in extras.items():
+            self._extras.setdefault(key, []).append(value)
+
+    def drop(self, reason: str, example: str) -> None:
+        """Leave out a row the dataset is known to contain (always; counted under ``reason``)."""
+        self._dropped[reason] += 1
+        self._examples.setdefault(reason, example)
+
+    def bad(self, reason: str, message: str) -> None:
+        """Record bad input: ``message`` is the one-line error naming the file or row."""
+        self._bad[reason] += 1
+        self._examples.setdefault(reason, message)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def build(self) -> SplitTable:
+        extras = {key: np.asarray(values) for key, values in self._extras.items()}
+        return SplitTable(
+            self._sources, self._labels, self._names, extras, self._dropped, self._bad, self._examples
         )
 
 
@@ -80,29 +162,104 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 class FERImageDataset(Dataset):
-    """Samples of one split: ``(image float32 [3, H, W], label int64)``."""
+    """Samples of one split: ``(image float32 [3, H, W], label int64, *extras)``.
 
-    def __init__(self, table: SplitTable, load_image: Callable[[Any], np.ndarray], transform: Callable) -> None:
+    With ``on_bad_sample="skip"`` a sample whose pixels cannot be loaded is returned as ``None`` (dropped
+    from its batch by :func:`collate_skipping_bad`) and one line naming it is appended to
+    ``bad_sample_log``. Appending from each worker process, instead of counting in memory, is what makes
+    the count survive worker processes, which share no memory with the datamodule.
+    """
+
+    def __init__(
+        self,
+        table: SplitTable,
+        load_image: Callable[[Any], np.ndarray],
+        transform: Callable,
+        split: str = "",
+        on_bad_sample: Literal["raise", "skip"] = "raise",
+        bad_sample_log: str | os.PathLike | None = None,
+        extras: Sequence[str] = (),
+    ) -> None:
+        if on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
         self.table = table
         self.load_image = load_image
         self.transform = transform
+        self.split = split
+        self.on_bad_sample = on_bad_sample
+        self.bad_sample_log = bad_sample_log
+        self.extras = tuple(extras)
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple | None:
         try:
             image = self.load_image(self.table.sources[index])
-        except BadSampleError:
-            raise
-        except Exception as error:  # a decoder's own message rarely names the file
-            raise BadSampleError(f"{self.table.names[index]}: {error}") from error
-        return self.transform(image=image)["image"], int(self.table.labels[index])
+        except Exception as error:
+            if isinstance(error, BadSampleError):
+                bad = error
+            else:  # a decoder's own message rarely names the file
+                bad = BadSampleError(f"{self.table.names[index]}: {error}", reason="unreadable image")
+            if self.on_bad_sample == "raise":
+                if bad is error:
+                    raise
+                raise bad from error
+            self._record_bad(index, bad)
+            return None
+        sample = (self.transform(image=image)["image"], int(self.table.labels[index]))
+        return sample + tuple(torch.as_tensor(self.table.extras[key][index]) for key in self.extras)
+
+    def _record_bad(self, index: int, error: BadSampleError) -> None:
+        if self.bad_sample_log is None:
+            return
+        fields = (self.split, error.reason, self.table.names[index], str(error))
+        line = "\t".join(" ".join(str(value).split()) for value in fields) + "\n"
+        # One short O_APPEND write per line: lines from concurrent workers do not interleave.
+        with open(self.bad_sample_log, "a", encoding="utf-8") as handle:
+            handle.write(line)
+
+
+def collate_skipping_bad(batch: list[tuple | None]) -> Any:
+    """``default_collate`` of the samples that loaded; the batch is smaller by the number skipped."""
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        raise BadSampleError(
+            f"all {len(batch)} samples of a batch failed to load (data.on_bad_sample=skip); the dataset "
+            f"needs repair: see {BAD_SAMPLES_FILE} in the run folder",
+            reason="whole batch bad",
+        )
+    return default_collate(kept)
+
+
+def read_bad_sample_log(path: str | os.PathLike) -> dict[str, Counter]:
+    """Split → reason → number of *distinct* samples in a ``bad_samples.tsv`` (each epoch re-logs them)."""
+    seen: set[tuple[str, str]] = set()
+    counts: dict[str, Counter] = {}
+    if not os.path.isfile(path):
+        return counts
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 3 or (fields[0], fields[2]) in seen:
+                continue
+            seen.add((fields[0], fields[2]))
+            counts.setdefault(fields[0], Counter())[fields[1]] += 1
+    return counts
+
+
+def face_crop_cache_dir(folder: str | os.PathLike | None = None) -> Path:
+    """Where face crops are cached: ``folder`` if given, else ``$FER_LIGHTNING_CACHE/face_crops``."""
+    return Path(folder).expanduser() if folder is not None else default_cache_dir() / "face_crops"
 
 
 def _worker_init(_: int) -> None:
     # OpenCV's own thread pool inside each DataLoader worker oversubscribes the cores.
     cv2.setNumThreads(0)
+
+
+def _format_counts(counts: Counter) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
 
 
 class FERDataModule(L.LightningDataModule):
@@ -122,6 +279,11 @@ class FERDataModule(L.LightningDataModule):
         split_seed: seed of that carve and of the sampler.
         mean, std: normalisation statistics.
         synthetic_size, synthetic_seed: size and seed of the generated dataset used when root is unset.
+        on_bad_sample: what bad input does (a malformed annotation row, a label out of range, a listed
+            file that is missing, an image that does not decode): ``raise`` a one-line error naming the
+            file or row, or ``skip`` it, counting and reporting what was skipped. Rows a dataset is known
+            to ship invalid (AffectNet's None/Uncertain/No-Face rows, …) are dropped and counted either way.
+            A skipped image makes its batch one smaller.
     """
 
     CLASS_NAMES: tuple[str, ...] = ()
@@ -142,6 +304,7 @@ class FERDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         synthetic_size: int = 0,
         synthetic_seed: int = 0,
+        on_bad_sample: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
         if root is None and synthetic_size <= 0:
@@ -151,12 +314,21 @@ class FERDataModule(L.LightningDataModule):
             )
         if sampler not in ("shuffle", "imbalanced"):
             raise ValueError(f"data.sampler must be 'shuffle' or 'imbalanced', got {sampler!r}")
+        if on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"data.on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
         self.save_hyperparameters()
         # Set here, not in setup(): the CLI links them into the model right after __init__.
         self.class_names: list[str] = list(self.CLASS_NAMES)
         self.num_classes: int = len(self.class_names)
         self.tables: dict[str, SplitTable] = {}
         self.datasets: dict[str, FERImageDataset] = {}
+        #: Per official split: rows left out while reading annotations (known-invalid, and skipped bad input).
+        self.dropped_rows: dict[str, Counter] = {}
+        self.skipped_rows: dict[str, Counter] = {}
+        self.bad_sample_log: Path | None = None
+        self._reported_load_failures = 0
+        #: How :class:`~fer_lightning.data.io.FaceCrop` sources are cut; datasets with face boxes configure it.
+        self.face_cropper = FaceCropper()
 
     # ---- what a dataset module provides -------------------------------------------------------
     def read_splits(self, root: Path) -> dict[str, SplitTable]:
@@ -164,8 +336,23 @@ class FERDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def load_image(self, source: Any) -> np.ndarray:
-        """RGB uint8 HWC pixels of one sample; by default ``source`` is an image path."""
+        """RGB uint8 HWC pixels of one sample: an image path, or a face box in a picture (:class:`FaceCrop`)."""
+        if isinstance(source, FaceCrop):
+            return self.face_cropper(source)
         return read_rgb(source)
+
+    def layout_hint(self) -> str:
+        """One line saying which files the dataset expects, for error messages."""
+        return "see the README for the expected layout"
+
+    def sample_extras(self) -> tuple[str, ...]:
+        """Names of ``SplitTable.extras`` appended to every sample after the label (none by default)."""
+        return ()
+
+    # ---- helpers for readers ------------------------------------------------------------------
+    def new_split(self, split: str) -> SplitBuilder:
+        """A builder for one official split of this dataset's classes."""
+        return SplitBuilder(split, self.num_classes)
 
     # ---- shared machinery ---------------------------------------------------------------------
     @property
@@ -188,11 +375,12 @@ class FERDataModule(L.LightningDataModule):
         if not root.is_dir():
             raise FileNotFoundError(f"{self.DATASET_NAME} root not found: {root} ({self.layout_hint()})")
         tables = self.read_splits(root)
+        self._report_left_out_rows(tables)
         for split, table in tables.items():
             if len(table) == 0:
-                raise ValueError(f"{self.DATASET_NAME}: split '{split}' is empty under {root} ({self.layout_hint()})")
-            for reason, count in table.dropped.items():
-                log.warning("%s %s: dropped %d rows (%s)", self.DATASET_NAME, split, count, reason)
+                raise ValueError(
+                    f"{self.DATASET_NAME}: split '{split}' is empty under {root} ({self.layout_hint()})"
+                )
         if "val" not in tables:
             train = tables["train"]
             kept, carved = stratified_split(train.labels, self.hparams.val_fraction, self.hparams.split_seed)
@@ -202,26 +390,111 @@ class FERDataModule(L.LightningDataModule):
                     f"{len(train)} training images under {root} leaves an empty train or val split"
                 )
             tables["train"], tables["val"] = train.subset(kept), train.subset(carved)
-        self.tables = tables
-        for split, table in tables.items():
+        self.tables = {split: tables[split] for split in SPLITS}
+        if self.hparams.on_bad_sample == "skip":
+            self.bad_sample_log = self._bad_sample_log_path()
+        for split, table in self.tables.items():
             transform = build_transform(
-                self.hparams.augment, self.hparams.img_size, train=split == "train",
-                mean=self.hparams.mean, std=self.hparams.std,
+                self.hparams.augment,
+                self.hparams.img_size,
+                train=split == "train",
+                mean=self.hparams.mean,
+                std=self.hparams.std,
             )
-            self.datasets[split] = FERImageDataset(table, self.load_image, transform)
+            self.datasets[split] = FERImageDataset(
+                table,
+                self.load_image,
+                transform,
+                split=split,
+                on_bad_sample=self.hparams.on_bad_sample,
+                bad_sample_log=self.bad_sample_log,
+                extras=self.sample_extras(),
+            )
         self._save_split_index()
 
-    def layout_hint(self) -> str:
-        """One line saying which files the dataset expects, for error messages."""
-        return "see the README for the expected layout"
+    def _report_left_out_rows(self, tables: dict[str, SplitTable]) -> None:
+        """Raise on bad input (default), else warn; log known-invalid rows. Counts are kept for summaries."""
+        if self.hparams.on_bad_sample == "raise":
+            for split, table in tables.items():
+                if table.bad:
+                    reason, _ = table.bad.most_common(1)[0]
+                    total = sum(table.bad.values())
+                    more = (
+                        f" ({total} bad rows in {split}: {_format_counts(table.bad)}; " if total > 1 else " ("
+                    )
+                    raise BadSampleError(
+                        f"{table.examples[reason]}{more}data.on_bad_sample=skip leaves them out)",
+                        reason=reason,
+                    )
+        for split, table in tables.items():
+            self.dropped_rows[split] = Counter(table.dropped)
+            self.skipped_rows[split] = Counter(table.bad)
+            for reason, count in table.dropped.items():
+                log.warning(
+                    "%s %s: dropped %d rows (%s), e.g. %s",
+                    self.DATASET_NAME,
+                    split,
+                    count,
+                    reason,
+                    table.examples.get(reason, ""),
+                )
+            if table.bad:
+                first = table.examples[table.bad.most_common(1)[0][0]]
+                warnings.warn(
+                    f"{self.DATASET_NAME} {split}: skipped {sum(table.bad.values())} bad rows "
+                    f"({_format_counts(table.bad)}), e.g. {first}",
+                    BadSampleWarning,
+                    stacklevel=3,
+                )
+
+    def run_folder(self) -> Path | None:
+        """The trainer's log folder; None outside a Trainer or when it logs nowhere (``fast_dev_run``)."""
+        trainer = self.trainer
+        if trainer is None or trainer.fast_dev_run or trainer.logger is None or trainer.log_dir is None:
+            return None
+        return Path(trainer.log_dir)
+
+    def _bad_sample_log_path(self) -> Path:
+        """``bad_samples.tsv`` in the run folder (one per DDP rank), else a temporary file."""
+        folder = self.run_folder()
+        if folder is not None:
+            rank = self.trainer.global_rank
+            path = folder / (BAD_SAMPLES_FILE if rank == 0 else f"bad_samples_rank{rank}.tsv")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            handle, scratch = tempfile.mkstemp(prefix="fer_lightning_bad_samples_", suffix=".tsv")
+            os.close(handle)
+            path = Path(scratch)
+        path.write_text("")  # a fresh run starts with an empty list
+        return path
+
+    def load_failures(self) -> dict[str, Counter]:
+        """Split → reason → distinct samples skipped so far because their image failed to load."""
+        if self.bad_sample_log is None:
+            return {}
+        return read_bad_sample_log(self.bad_sample_log)
+
+    def teardown(self, stage: str) -> None:
+        """Report images skipped while loading (``on_bad_sample="skip"``) since the last report."""
+        failures = self.load_failures()
+        total = sum(sum(counts.values()) for counts in failures.values())
+        if total > self._reported_load_failures:
+            self._reported_load_failures = total
+            per_split = "; ".join(f"{split}: {_format_counts(counts)}" for split, counts in failures.items())
+            warnings.warn(
+                f"{self.DATASET_NAME}: skipped {total} images that failed to load ({per_split}); "
+                f"they are listed in {self.bad_sample_log}",
+                BadSampleWarning,
+                stacklevel=2,
+            )
 
     def _save_split_index(self) -> None:
         """Write which sample went to which split into the run folder, so runs can be compared."""
-        trainer = self.trainer
-        if trainer is None or trainer.log_dir is None or not trainer.is_global_zero:
+        folder = self.run_folder()
+        if folder is None or not self.trainer.is_global_zero:
             return
-        os.makedirs(trainer.log_dir, exist_ok=True)
-        with open(os.path.join(trainer.log_dir, "data_splits.csv"), "w", newline="") as handle:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "data_splits.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["split", "sample", "label", "class_name"])
             for split, table in self.tables.items():
@@ -252,6 +525,7 @@ class FERDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             worker_init_fn=_worker_init,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_skipping_bad if self.hparams.on_bad_sample == "skip" else None,
         )
 
     def train_dataloader(self) -> DataLoader:
