@@ -16,13 +16,12 @@ import warnings
 from collections.abc import Callable
 
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 import fer_lightning.data
 import fer_lightning.models  # noqa: F401
-from fer_lightning.callbacks import ConfusionMatrixPlot
+from fer_lightning.callbacks import ConfusionMatrixPlot, ValidationCheckpoint
 from fer_lightning.data import FERDataModule
 from fer_lightning.data.summary import data_summary
 from fer_lightning.models import FERClassifier
@@ -83,7 +82,7 @@ def trainer_defaults() -> dict:
             "init_args": {"save_dir": "runs", "name": "default"},
         },
         "callbacks": [
-            ModelCheckpoint(
+            ValidationCheckpoint(
                 monitor=SELECTION_METRIC,
                 mode="max",
                 filename="best-epoch{epoch:02d}-val_acc{val/acc:.4f}",

@@ -20,26 +20,21 @@ from typing import Any, Literal
 import numpy as np
 
 from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable, face_crop_cache_dir
+from fer_lightning.data.formats import (
+    AFFECTNET_CLASS_NAMES,
+    AFFECTNET_CSV_HEADER,
+    AFFECTNET_CSV_IMAGE_DIR,
+    AFFECTNET_CSV_LIST_DIR,
+    AFFECTNET_NON_EXPRESSION_NAMES,
+)
 from fer_lightning.data.io import BadSampleError, DirectoryIndex, FaceCrop, FaceCropper
 
-#: Expression ids 0..7 in AffectNet's own order; the 7-class setting uses ids 0..6.
-AFFECTNET_CLASS_NAMES = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
 #: Ids of rows that are not an expression; every setting drops them.
-NON_EXPRESSION_IDS = {8: "None", 9: "Uncertain", 10: "No-Face"}
+NON_EXPRESSION_IDS = dict(enumerate(AFFECTNET_NON_EXPRESSION_NAMES, start=len(AFFECTNET_CLASS_NAMES)))
 
-CSV_LIST_DIR = "Manually_Annotated_file_lists"
-CSV_IMAGE_DIR = "Manually_Annotated_Images"
-CSV_COLUMNS = (
-    "subDirectory_filePath",
-    "face_x",
-    "face_y",
-    "face_width",
-    "face_height",
-    "facial_landmarks",
-    "expression",
-    "valence",
-    "arousal",
-)
+CSV_LIST_DIR = AFFECTNET_CSV_LIST_DIR
+CSV_IMAGE_DIR = AFFECTNET_CSV_IMAGE_DIR
+CSV_COLUMNS = AFFECTNET_CSV_HEADER
 _CSV_REQUIRED = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression")
 NPY_TRAIN_DIR = "train_set"
 NPY_TEST_DIRS = ("val_set", "valid_set")

@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable, face_crop_cache_dir
+from fer_lightning.data.formats import AIHUB_CLASS_NAMES
 from fer_lightning.data.io import DirectoryIndex, FaceCrop, FaceCropper, box_is_valid, nfc
 
-#: The public loaders' class order, which is also the code-point order of the NFC names.
-AIHUB_CLASS_NAMES = ("기쁨", "당황", "분노", "불안", "상처", "슬픔", "중립")
 #: English glosses, for figures whose font has no Hangul (당황 is "Panic" in the slides).
 AIHUB_ENGLISH_NAMES = ("joy", "panic", "anger", "anxiety", "hurt", "sadness", "neutral")
 ANNOTATORS = ("A", "B", "C")

@@ -15,13 +15,15 @@ import cv2
 import numpy as np
 
 from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable
+from fer_lightning.data.formats import (
+    FER2013_CLASS_NAMES,
+    FER2013_USAGES,
+    FERPLUS_CLASS_NAMES,
+    FERPLUS_EXTRA_COLUMNS,
+)
 from fer_lightning.data.io import BadSampleError, DirectoryIndex
 
-FER2013_CLASS_NAMES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
-#: FER+ classes in the order of the vote columns of ``fer2013new.csv``.
-FERPLUS_CLASS_NAMES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
-FERPLUS_EXTRA_COLUMNS = ("unknown", "NF")
-USAGES = ("Training", "PublicTest", "PrivateTest")
+USAGES = FER2013_USAGES
 FER2013_FILE = "fer2013.csv"
 FERPLUS_FILE = "fer2013new.csv"
 IMAGE_SIDE = 48

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable
+from fer_lightning.data.formats import RAFDB_CLASS_NAMES, RAFDB_IMAGE_DIR, RAFDB_LIST_FILE
 from fer_lightning.data.io import DirectoryIndex, nfc
 
-LIST_FILE = Path("EmoLabel") / "list_patition_label.txt"  # sic: the dataset's own spelling
-ALIGNED_DIR = Path("Image") / "aligned"
-RAFDB_CLASS_NAMES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
+LIST_FILE = Path(RAFDB_LIST_FILE)
+ALIGNED_DIR = Path(RAFDB_IMAGE_DIR)
 #: ImageFolder layout: split folder names (POSTER V2 calls the test split ``valid``) holding folders 1..7.
 IMAGEFOLDER_SPLITS = {"train": ("train",), "test": ("valid", "test")}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -15,6 +15,7 @@ class TimmClassifier(FERClassifier):
         pretrained: load timm's pretrained weights. Off by default: nothing can be downloaded on machines
             without internet; set it where the weights are in the local Hugging Face cache.
         drop_rate: dropout before the classifier.
+        model_kwargs: further ``timm.create_model`` arguments, e.g. narrower ``channels`` for a ResNet.
         **kwargs: :class:`~fer_lightning.models.base.FERClassifier` arguments (classes, optimiser, …).
     """
 
@@ -23,11 +24,13 @@ class TimmClassifier(FERClassifier):
         backbone: str = "resnet18",
         pretrained: bool = False,
         drop_rate: float = 0.0,
+        model_kwargs: dict | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.network = timm.create_model(
-            backbone, pretrained=pretrained, num_classes=self.num_classes, drop_rate=drop_rate
+            backbone, pretrained=pretrained, num_classes=self.num_classes, drop_rate=drop_rate,
+            **(model_kwargs or {}),
         )
 
     def forward(self, images):
