@@ -18,8 +18,9 @@ test:  ## the default test suite (what CI runs); Triton kernels run in interpret
 test-full:  ## every test, slow ones included
 	TRITON_INTERPRET=1 $(PYTHON) -m pytest -m ""
 
-lint:  ## ruff
+lint:  ## ruff (lint and format check)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 format:  ## ruff autofix + format
 	$(VENV)/bin/ruff check --fix .

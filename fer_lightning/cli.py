@@ -118,14 +118,22 @@ def complexity(argv: list[str]) -> None:
     from fer_lightning.models.complexity import count_macs, count_parameters
 
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: fer-lightning complexity --config CONFIG [overrides]\n\n" + complexity.__doc__.split(": ", 1)[1]
-              + " MACs = multiply-accumulates (FlopCounterMode FLOPs / 2), eval mode, batch 1; no data is read.")
+        print(
+            "usage: fer-lightning complexity --config CONFIG [overrides]\n\n"
+            + complexity.__doc__.split(": ", 1)[1]
+            + " MACs = multiply-accumulates (FlopCounterMode FLOPs / 2), eval mode, batch 1; no data is read."
+        )
         return
     # The datamodule is only instantiated (for the class count and image size); it reads nothing, so a
     # config whose data root is unset may stand in for one with synthetic data.
     cli = FERCLI(
-        FERClassifier, FERDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        trainer_defaults=trainer_defaults(), run=False, args=[*argv, "--data.synthetic_size=1"],
+        FERClassifier,
+        FERDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=trainer_defaults(),
+        run=False,
+        args=[*argv, "--data.synthetic_size=1"],
     )
     model, size = cli.model, cli.datamodule.hparams.img_size
     total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)

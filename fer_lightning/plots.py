@@ -27,8 +27,15 @@ def plot_confusion_matrix(
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of true class")
     for (row, column), count in np.ndenumerate(confusion):
         colour = "white" if normalised[row, column] > 0.5 else "black"
-        axes.text(column, row, f"{normalised[row, column]:.2f}\n({count})", ha="center", va="center",
-                  fontsize=8, color=colour)
+        axes.text(
+            column,
+            row,
+            f"{normalised[row, column]:.2f}\n({count})",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color=colour,
+        )
     ticks = np.arange(len(class_names))
     axes.set_xticks(ticks, labels=class_names, rotation=45, ha="right")
     axes.set_yticks(ticks, labels=class_names)

@@ -22,13 +22,22 @@ def test_quickstart_model_learns_synthetic_expressions(tmp_path):
     model_args = yaml.safe_load(QUICKSTART.read_text())["model"]["init_args"]
     torch.manual_seed(0)
     model = TimmClassifier(
-        backbone=model_args["backbone"], model_kwargs=model_args["model_kwargs"], num_classes=7,
+        backbone=model_args["backbone"],
+        model_kwargs=model_args["model_kwargs"],
+        num_classes=7,
         class_names=datamodule.class_names,
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3, weight_decay=0.05),
     )
-    trainer = L.Trainer(max_steps=240, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=1000,
-                        accelerator="cpu")
+    trainer = L.Trainer(
+        max_steps=240,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=1000,
+        accelerator="cpu",
+    )
     trainer.fit(model, datamodule)
     [metrics] = trainer.validate(model, datamodule, verbose=False)
     val_labels = datamodule.tables["val"].labels

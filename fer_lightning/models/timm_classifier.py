@@ -29,7 +29,10 @@ class TimmClassifier(FERClassifier):
     ) -> None:
         super().__init__(**kwargs)
         self.network = timm.create_model(
-            backbone, pretrained=pretrained, num_classes=self.num_classes, drop_rate=drop_rate,
+            backbone,
+            pretrained=pretrained,
+            num_classes=self.num_classes,
+            drop_rate=drop_rate,
             **(model_kwargs or {}),
         )
 
