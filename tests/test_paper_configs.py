@@ -22,6 +22,13 @@ def synthetic_rafdb(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def synthetic_affectnet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("affectnet")
+    write_synthetic("affectnet_csv", root, num_images=120, seed=3, progress=False)
+    return root
+
+
 def _common(root, save_dir):
     return [
         f"--data.root={root}",
@@ -40,6 +47,24 @@ def test_config_fast_dev_run(config, synthetic_rafdb, tmp_path):
             "--config",
             str(EXPERIMENTS / config),
             *_common(synthetic_rafdb, tmp_path),
+            "--data.batch_size=2",
+            "--trainer.fast_dev_run=true",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["btn_affectnet7.yaml", "btn_affectnet8.yaml", "posterpp_affectnet7.yaml", "posterpp_affectnet8.yaml"],
+)
+def test_affectnet_config_fast_dev_run(config, synthetic_affectnet, tmp_path):
+    """Paper-size models, imbalanced sampler, erasing p = 1, on AffectNet's CSV release (synthetic)."""
+    main(
+        [
+            "fit",
+            "--config",
+            str(EXPERIMENTS / config),
+            *_common(synthetic_affectnet, tmp_path),
             "--data.batch_size=2",
             "--trainer.fast_dev_run=true",
         ]
