@@ -190,3 +190,22 @@ def run_benchmark(
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def benchmark_main(
+    script: str,
+    description: str,
+    cases: list[str],
+    backends: list[str] | tuple[str, ...],
+    worker: Callable[..., dict],
+    skip_reason: Callable[[str, str, str], str | None],
+) -> None:
+    """The command line of a benchmark script: the parent loop, or one ``--worker`` measurement."""
+    args = common_arguments(description, cases, backends).parse_args()
+    if args.worker:
+        case, backend, what = args.worker
+        print(
+            json.dumps(worker(case, backend, what, torch.device(args.device), args.repeats, args.max_seconds))
+        )
+        return
+    run_benchmark(script, args, lambda case, backend: skip_reason(case, backend, args.device))

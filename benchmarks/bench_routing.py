@@ -12,7 +12,6 @@ per case, outside the timing (it is identical for all backends). Heads have dim 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_utils import common_arguments, forward_backward_step, measure, run_benchmark
+from _bench_utils import benchmark_main, forward_backward_step, measure
 
 from fer_lightning.ops import region_attention, route_regions
 from fer_lightning.ops.bra import fast as bra_fast
@@ -81,15 +80,7 @@ def worker(
 
 
 def main() -> None:
-    parser = common_arguments(__doc__.splitlines()[0], list(CASES), BACKENDS)
-    args = parser.parse_args()
-    if args.worker:
-        case, backend, what = args.worker
-        print(
-            json.dumps(worker(case, backend, what, torch.device(args.device), args.repeats, args.max_seconds))
-        )
-        return
-    run_benchmark(__file__, args, lambda case, backend: skip_reason(case, backend, args.device))
+    benchmark_main(__file__, __doc__.splitlines()[0], list(CASES), BACKENDS, worker, skip_reason)
 
 
 if __name__ == "__main__":
