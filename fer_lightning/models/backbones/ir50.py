@@ -12,6 +12,7 @@ Our names (``stem``, ``stage1..3``, per unit ``residual``/``shortcut``) differ f
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -142,38 +143,45 @@ def ir50_v1_filter(
         (renamed state dict, dropped published keys).
     """
     boundaries = [sum(depths[: stage + 1]) for stage in range(3)]
-    renamed: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
-    for key, tensor in state_dict.items():
+
+    def unit_name(key: str) -> str | None:
         match = _V1_UNIT.match(key)
-        if match:
-            index, rest = int(match.group(1)), match.group(2)
-            stage = next((s for s, end in enumerate(boundaries) if index < end), None)
-            if stage is None:
-                dropped.append(key)  # stage 4 is not built
-                continue
-            unit = index - (boundaries[stage - 1] if stage else 0)
-            renamed[f"stage{stage + 1}.{unit}.{_rename_unit_part(rest)}"] = tensor
-            continue
-        new_key = _rename_common(key)
-        if new_key is None:
-            dropped.append(key)
-        else:
-            renamed[new_key] = tensor
-    return renamed, dropped
+        if not match:
+            return key
+        index, rest = int(match.group(1)), match.group(2)
+        stage = next((s for s, end in enumerate(boundaries) if index < end), None)
+        if stage is None:
+            return None  # stage 4 is not built
+        unit = index - (boundaries[stage - 1] if stage else 0)
+        return f"stage{stage + 1}.{unit}.{_rename_unit_part(rest)}"
+
+    return _rename_keys(state_dict, unit_name)
 
 
 def ir50_v2_filter(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """POSTER V2 names (``body1.i``/``body2.i``/``body3.i``) → ours; ``output_layer.*`` dropped."""
+
+    def unit_name(key: str) -> str | None:
+        match = _V2_UNIT.match(key)
+        if not match:
+            return key
+        stage, unit, rest = match.groups()
+        return f"stage{stage}.{unit}.{_rename_unit_part(rest)}"
+
+    return _rename_keys(state_dict, unit_name)
+
+
+def _rename_keys(
+    state_dict: dict[str, torch.Tensor], unit_name: Callable[[str], str | None]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Apply a layout's IR-unit renaming (``unit_name``: our name, ``None`` to drop, or the key itself
+    when it is not a unit key), then the stem/output-layer renaming every layout shares."""
     renamed: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for key, tensor in state_dict.items():
-        match = _V2_UNIT.match(key)
-        if match:
-            stage, unit, rest = match.groups()
-            renamed[f"stage{stage}.{unit}.{_rename_unit_part(rest)}"] = tensor
-            continue
-        new_key = _rename_common(key)
+        new_key = unit_name(key)
+        if new_key == key:
+            new_key = _rename_common(key)
         if new_key is None:
             dropped.append(key)
         else:
