@@ -197,11 +197,27 @@ def test_fast_matches_reference_in_16_bit(dtype, fast_algorithm):
     assert_all_close(actual, expected, dtype)
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 10_000])  # one query region per chunk; several bands per chunk
+@pytest.mark.parametrize("case", ["3x2-windows-odd-dims", "value-dim-differs"])
+def test_fast_streaming_in_many_chunks_matches_reference(case, chunk_bytes, monkeypatch):
+    monkeypatch.setattr(bra_fast, "_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(bra_fast, "prefer_dense_masked", lambda *args: False)
+    (q, k, v), route_idx, regions = make_inputs(case)
+    expected = fp32_reference(q, k, v, route_idx, regions)
+    actual = output_and_grads(
+        lambda q, k, v: region_attention(q, k, v, route_idx, regions, backend="fast"), q, k, v
+    )
+    assert_all_close(actual, expected)
+
+
 def test_fast_streaming_is_picked_for_sparse_routing_and_dense_masked_for_dense():
     q = torch.zeros(2, 1, 28, 28, 4)
     assert not bra_fast.prefer_dense_masked(q, q, regions=7, topk=4)
-    assert bra_fast.prefer_dense_masked(q, q, regions=4, topk=4)
-    assert not bra_fast.prefer_dense_masked(q, q[..., :3], regions=4, topk=4)  # d_v ≠ d
+    assert bra_fast.prefer_dense_masked(q, q, regions=7, topk=25)  # 4×4 windows: from about half routed
+    assert not bra_fast.prefer_dense_masked(q, q, regions=4, topk=16)  # 7×7 windows: never
+    tiny_windows = torch.zeros(2, 1, 14, 14, 4)  # 2×2 windows: from about an eighth routed
+    assert bra_fast.prefer_dense_masked(tiny_windows, tiny_windows, regions=7, topk=8)
+    assert not bra_fast.prefer_dense_masked(q, q[..., :3], regions=7, topk=25)  # d_v ≠ d
 
 
 def test_output_depends_only_on_routed_regions(fast_algorithm):

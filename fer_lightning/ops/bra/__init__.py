@@ -129,8 +129,9 @@ def region_attention(
         regions: S, windows per side.
         scale: logit scale, default d^-1/2.
         backend: "auto" (Triton on CUDA, "fast" elsewhere), "triton", "fast" or "reference". "fast"
-            streams over the routed regions, or, where a quarter or more of the regions are routed and
-            d_v = d, runs fused dense attention with a block mask (both exact; see ``bra/fast.py``).
+            streams over the routed regions, or, where enough regions are routed for the window size
+            (the smaller the windows, the fewer) and d_v = d, runs fused dense attention with a block
+            mask (both exact; see ``bra/fast.py``).
 
     Returns:
         (B, heads, H, W, d_v), in the autocast dtype under ``torch.autocast``, else in q's dtype.
