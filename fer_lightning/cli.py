@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 import fer_lightning.data
 import fer_lightning.models  # noqa: F401
-from fer_lightning.callbacks import ConfusionMatrixPlot, ValidationCheckpoint
+from fer_lightning.callbacks import ConfusionMatrixPlot, TrainingCurvesPlot, ValidationCheckpoint
 from fer_lightning.data import FERDataModule
 from fer_lightning.data.summary import data_summary
 from fer_lightning.models import FERClassifier
@@ -75,7 +75,7 @@ class FERCLI(LightningCLI):
 
 
 def trainer_defaults() -> dict:
-    """Defaults every run gets: a CSV log per run, the best-on-validation checkpoint, the confusion plot."""
+    """Defaults every run gets: a CSV log per run, the best-on-validation checkpoint, confusion and curve plots."""
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -90,6 +90,7 @@ def trainer_defaults() -> dict:
                 save_last=True,
             ),
             ConfusionMatrixPlot(monitor=SELECTION_METRIC, mode="max"),
+            TrainingCurvesPlot(),
         ],
     }
 
@@ -143,10 +144,34 @@ def complexity(argv: list[str]) -> None:
     print(f"compute: {macs / 1e9:.3f} GMACs per image (eval forward; 1 MAC = 2 FLOPs)")
 
 
+def plot_curves(argv: list[str]) -> None:
+    """``fer-lightning plot-curves``: draw a run's loss and accuracy curves from its metrics.csv."""
+    from fer_lightning.plots import plot_training_curves
+
+    parser = argparse.ArgumentParser(
+        prog="fer-lightning plot-curves",
+        description="Draw loss and validation accuracy per epoch of a run (its CSV logger metrics.csv).",
+    )
+    parser.add_argument("run", help="run folder (e.g. runs/quickstart/version_0) or a metrics.csv")
+    parser.add_argument("--out", help="PNG to write (default: training_curves.png in the run folder)")
+    parser.add_argument("--title", default="", help="figure title")
+    parser.add_argument(
+        "--majority", type=float, help="draw the majority-class rate of the validation split (a fraction)"
+    )
+    args = parser.parse_args(argv)
+    metrics = args.run if args.run.endswith(".csv") else os.path.join(args.run, "metrics.csv")
+    if not os.path.isfile(metrics):
+        parser.error(f"{metrics} not found (a run folder written by the CSV logger holds metrics.csv)")
+    out = args.out or os.path.join(os.path.dirname(metrics), "training_curves.png")
+    summary = plot_training_curves(metrics, out, title=args.title, majority_fraction=args.majority)
+    print(f"wrote {out} (best val acc {summary['best_val_acc']:.4f} at epoch={int(summary['best_epoch'])})")
+
+
 EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "make-synthetic": make_synthetic,
     "complexity": complexity,
     "data-summary": data_summary,
+    "plot-curves": plot_curves,
 }
 EXTRA_COMMANDS_HELP = "more commands:\n" + "\n".join(
     f"  {name:<16} {command.__doc__.split(':', 1)[1].strip()}" for name, command in EXTRA_COMMANDS.items()

@@ -71,6 +71,7 @@ def test_fit_then_validate_and_test_the_selected_checkpoint(tiny_rafdb, tmp_path
     for column in ("val/mean_class_acc", "val/macro_f1", "val/class_acc/Happiness", "train/loss_epoch"):
         assert any(r.get(column) for r in rows), column
     assert (run_dir / "confusion_matrix_val.png").stat().st_size > 1000
+    assert (run_dir / "training_curves.png").stat().st_size > 1000
     assert (run_dir / "data_splits.csv").is_file()
     [best] = glob.glob(str(run_dir / "checkpoints" / "best-*.ckpt"))
     # The selected checkpoint is the epoch with the best validation accuracy.

@@ -2,5 +2,6 @@
 
 from fer_lightning.callbacks.checkpoint import ValidationCheckpoint
 from fer_lightning.callbacks.confusion_matrix import ConfusionMatrixPlot
+from fer_lightning.callbacks.training_curves import TrainingCurvesPlot
 
-__all__ = ["ConfusionMatrixPlot", "ValidationCheckpoint"]
+__all__ = ["ConfusionMatrixPlot", "TrainingCurvesPlot", "ValidationCheckpoint"]

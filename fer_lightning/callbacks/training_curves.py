@@ -1,0 +1,54 @@
+"""Keep ``training_curves.png`` (loss and validation accuracy per epoch) up to date in the run folder."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
+
+from fer_lightning.plots import plot_training_curves
+
+
+class TrainingCurvesPlot(Callback):
+    """Redraw ``<run folder>/training_curves.png`` from the CSV logger's ``metrics.csv`` after every validation.
+
+    The accuracy panel also shows chance and the majority-class baseline on the validation split
+    (always predicting the most frequent *training* class), read from the datamodule's split tables
+    when it has them, so that "beats chance" can be judged at a glance. Needs a
+    :class:`~lightning.pytorch.loggers.CSVLogger` among the loggers; does nothing without one.
+    """
+
+    def __init__(self, filename: str = "training_curves.png") -> None:
+        self.filename = filename
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        csv_logger = next((logger for logger in trainer.loggers if isinstance(logger, CSVLogger)), None)
+        if csv_logger is None:
+            return
+        csv_logger.save()  # the CSV logger buffers rows; flush them before reading the file back
+        metrics_path = csv_logger.experiment.metrics_file_path
+        if not os.path.isfile(metrics_path):
+            return
+        title = f"{type(pl_module).__name__}: {os.path.basename(os.path.dirname(csv_logger.log_dir))}"
+        plot_training_curves(
+            metrics_path,
+            os.path.join(csv_logger.log_dir, self.filename),
+            title=title,
+            majority_fraction=majority_class_fraction(trainer),
+        )
+
+
+def majority_class_fraction(trainer: Trainer) -> float | None:
+    """Validation accuracy of always predicting the most frequent training class, if the splits are known."""
+    tables = getattr(trainer.datamodule, "tables", None) if trainer.datamodule is not None else None
+    if not tables or "train" not in tables or "val" not in tables:
+        return None
+    train_labels, val_labels = np.asarray(tables["train"].labels), np.asarray(tables["val"].labels)
+    if train_labels.size == 0 or val_labels.size == 0:
+        return None
+    majority = np.bincount(train_labels).argmax()
+    return float(np.mean(val_labels == majority))
