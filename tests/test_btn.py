@@ -129,3 +129,22 @@ def test_autocast_is_finite(tiny_btn, dtype):
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in tiny_btn.parameters() if p.grad is not None)
     tiny_btn.zero_grad()
+
+
+def test_head_accuracies_are_plain_accuracy(tiny_btn):
+    """``val/heads/acc_vit`` is the same (micro) accuracy as ``val/acc``, not a class-averaged one."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0] * 12 + [1] * 3 + [2])  # skewed, so micro and macro accuracy differ
+    loader = DataLoader(TensorDataset(torch.randn(len(labels), 3, 64, 64), labels), batch_size=8)
+    trainer = L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
+    )
+    [metrics] = trainer.validate(tiny_btn, loader, verbose=False)
+    assert metrics["val/heads/acc_vit"] == pytest.approx(metrics["val/acc"])
+    for head in ("bt", "cba"):
+        assert metrics[f"val/heads/acc_{head}"] * len(labels) == pytest.approx(
+            round(metrics[f"val/heads/acc_{head}"] * len(labels)), abs=1e-4
+        )  # a whole number of correct samples

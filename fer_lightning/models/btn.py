@@ -167,7 +167,10 @@ class BTN(FERClassifier):
         self.head_accuracy = nn.ModuleDict(
             {
                 split: nn.ModuleDict(
-                    {head: MulticlassAccuracy(self.num_classes) for head in ("vit", "bt", "cba")}
+                    {
+                        head: MulticlassAccuracy(self.num_classes, average="micro")
+                        for head in ("vit", "bt", "cba")
+                    }
                 )
                 for split in EVAL_SPLITS
             }
