@@ -72,7 +72,7 @@ def test_affectnet_config_fast_dev_run(config, synthetic_affectnet, tmp_path):
 
 
 def test_btn_synthetic_lowers_the_loss(synthetic_rafdb, tmp_path):
-    """A few SAM steps of the tiny BTN on one repeated batch: the training loss falls."""
+    """A few steps of the tiny BTN (the config as shipped) on one repeated batch: the training loss falls."""
     main(
         [
             "fit",

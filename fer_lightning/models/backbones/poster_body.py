@@ -271,11 +271,14 @@ POSTER_BODY_VARIANTS: dict[str, PosterBodyConfig] = {
         vit_depth=2,
         vit_heads=8,
     ),
-    # Same modules, narrow and shallow, at 64×64 (levels 16/8/4, 3 × 16 tokens): a training step at
-    # batch 16 takes a fraction of a second on two CPU cores, for runs on synthetic data. Never a
-    # substitute for the paper model in results.
+    # Same modules, narrow and shallower, at 64×64 (levels 16/8/4, 3 × 16 tokens): a training step at
+    # batch 32 takes a fraction of a second on two CPU cores, for runs on synthetic data. Never a
+    # substitute for the paper model in results. The IR stages keep 13 of IR-50's 21 units: an IR unit
+    # has a single PReLU (initial slope 0.25, nearly linear), and with (1, 1, 2) units a randomly
+    # initialised body stayed at majority-class accuracy on the synthetic faces for 1,200 steps, while
+    # (3, 4, 6) reached 58 % test accuracy in the same steps (Adam 3e-4, batch 32; issue 5 notes).
     "tiny": PosterBodyConfig(
-        ir_depths=(1, 1, 2),
+        ir_depths=(3, 4, 6),
         ir_widths=(16, 32, 64),
         landmark_channels=(16, 32, 128),
         landmark_depths=(1, 1, 1),
