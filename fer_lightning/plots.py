@@ -7,7 +7,22 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib import font_manager, ft2font, rcParams
 from matplotlib.figure import Figure
+
+
+def font_can_render(texts: Sequence[str]) -> bool:
+    """Whether the default matplotlib font has a glyph for every character (no Hangul in DejaVu Sans)."""
+    path = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
+    charmap = ft2font.FT2Font(path).get_charmap()
+    return all(ord(character) in charmap for text in texts for character in text)
+
+
+def drawable_names(names: Sequence[str], glosses: Sequence[str] | None = None) -> list[str]:
+    """``names`` if the default font can draw them, else ``glosses`` (e.g. English for AI-Hub's Korean)."""
+    if glosses is not None and len(glosses) == len(names) and not font_can_render(names):
+        return list(glosses)
+    return list(names)
 
 
 def plot_confusion_matrix(

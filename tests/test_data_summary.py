@@ -84,10 +84,10 @@ def test_default_output_path_and_bad_arguments(tmp_path, monkeypatch, capsys):
 
 
 def test_hangul_classes_fall_back_to_english_without_a_hangul_font(monkeypatch):
-    from fer_lightning.data import summary
+    from fer_lightning import plots
 
     datamodule = AIHubKoreanDataModule(synthetic_size=10)
-    monkeypatch.setattr(summary, "_font_can_render", lambda texts: False)
+    monkeypatch.setattr(plots, "font_can_render", lambda texts: False)
     assert display_class_names(datamodule) == [
         "joy",
         "panic",
@@ -97,5 +97,32 @@ def test_hangul_classes_fall_back_to_english_without_a_hangul_font(monkeypatch):
         "sadness",
         "neutral",
     ]
-    monkeypatch.setattr(summary, "_font_can_render", lambda texts: True)
+    monkeypatch.setattr(plots, "font_can_render", lambda texts: True)
     assert display_class_names(datamodule) == ["기쁨", "당황", "분노", "불안", "상처", "슬픔", "중립"]
+
+
+def test_confusion_matrix_figure_uses_the_glosses_and_the_csv_keeps_the_names(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from fer_lightning import plots
+    from fer_lightning.callbacks import confusion_matrix
+
+    datamodule = AIHubKoreanDataModule(synthetic_size=10)
+    drawn = {}
+    monkeypatch.setattr(plots, "font_can_render", lambda texts: False)
+    monkeypatch.setattr(
+        confusion_matrix,
+        "plot_confusion_matrix",
+        lambda counts, names, path, title: drawn.update(names=names),
+    )
+    trainer = SimpleNamespace(
+        log_dir=str(tmp_path), is_global_zero=True, datamodule=datamodule, current_epoch=0
+    )
+    module = SimpleNamespace(
+        last_confusion={"test": torch.eye(7, dtype=torch.long)}, class_names=datamodule.class_names
+    )
+    confusion_matrix.ConfusionMatrixPlot()._write(trainer, module, "test")
+    assert drawn["names"] == list(datamodule.DISPLAY_NAMES)
+    assert (tmp_path / "confusion_matrix_test.csv").read_text().splitlines()[1].startswith("기쁨,1,0")

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from fer_lightning.plots import plot_confusion_matrix
+from fer_lightning.plots import drawable_names, plot_confusion_matrix
 
 
 class ConfusionMatrixPlot(Callback):
@@ -15,7 +15,8 @@ class ConfusionMatrixPlot(Callback):
 
     The validation figure is rewritten only when ``monitor`` improves, so it shows the epoch that the
     checkpoint callback (same monitor) selects. Needs a model exposing ``last_confusion`` and
-    ``class_names`` (every :class:`~fer_lightning.models.base.FERClassifier` does).
+    ``class_names`` (every :class:`~fer_lightning.models.base.FERClassifier` does). Class names the
+    default font cannot draw are replaced in the figure by the datamodule's ``DISPLAY_NAMES``.
     """
 
     def __init__(self, monitor: str = "val/acc", mode: str = "max") -> None:
@@ -38,8 +39,13 @@ class ConfusionMatrixPlot(Callback):
         stem = os.path.join(trainer.log_dir, f"confusion_matrix_{split}")
         counts = confusion.numpy()
         names = list(pl_module.class_names)
+        # The figure falls back to the datamodule's glosses where the font has no glyphs (AI-Hub's
+        # Hangul); the CSV keeps the dataset's own names.
+        glosses = (
+            getattr(trainer.datamodule, "DISPLAY_NAMES", None) if trainer.datamodule is not None else None
+        )
         title = f"{split} (epoch {trainer.current_epoch})" if split == "val" else split
-        plot_confusion_matrix(counts, names, f"{stem}.png", title=title)
+        plot_confusion_matrix(counts, drawable_names(names, glosses), f"{stem}.png", title=title)
         header = "true\\predicted," + ",".join(names)
         rows = [f"{name}," + ",".join(str(int(c)) for c in row) for name, row in zip(names, counts)]
         with open(f"{stem}.csv", "w") as handle:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from matplotlib import font_manager, ft2font, rcParams
 from matplotlib.figure import Figure
 
 from fer_lightning.data.base import SPLITS, FERDataModule
 from fer_lightning.data.io import BadSampleError
+from fer_lightning.plots import drawable_names
 
 _SPLIT_COLOURS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 
@@ -116,20 +116,9 @@ def format_summary(datamodule: FERDataModule, failures: dict[str, Counter] | Non
     return "\n".join(lines)
 
 
-def _font_can_render(texts: Sequence[str]) -> bool:
-    """Whether the default matplotlib font has a glyph for every character (no Hangul in DejaVu Sans)."""
-    path = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
-    charmap = ft2font.FT2Font(path).get_charmap()
-    return all(ord(character) in charmap for text in texts for character in text)
-
-
 def display_class_names(datamodule: FERDataModule) -> list[str]:
     """Class names as they can be drawn: the dataset's own, else its English glosses (``DISPLAY_NAMES``)."""
-    names = list(datamodule.class_names)
-    glosses = getattr(datamodule, "DISPLAY_NAMES", None)
-    if glosses and not _font_can_render(names):
-        return list(glosses)
-    return names
+    return drawable_names(datamodule.class_names, getattr(datamodule, "DISPLAY_NAMES", None))
 
 
 def plot_class_histogram(datamodule: FERDataModule, path: str | os.PathLike) -> None:
