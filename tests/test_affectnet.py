@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import EXPERIMENTS, fast_dev_run
 
 from fer_lightning.data import AffectNetDataModule
-from fer_lightning.data.affectnet import CSV_IMAGE_DIR, CSV_LIST_DIR
+from fer_lightning.data.affectnet import CSV_IMAGE_DIR, CSV_LIST_DIR, ExpressionCache
 from fer_lightning.data.io import BadSampleError, FaceCrop, read_rgb
 from fer_lightning.data.synthetic import read_manifest, write_synthetic
 
@@ -234,6 +234,48 @@ def test_corrupt_npy_annotation_names_the_file(tmp_path):
     with pytest.warns(UserWarning, match=r"skipped 1 bad rows \(1 malformed annotation\)"):
         skipping = _datamodule(tmp_path, num_classes=8, on_bad_sample="skip")
     assert skipping.skipped_rows["train"] == Counter({"malformed annotation": 1})
+
+
+def test_npy_expressions_are_cached_until_a_file_changes(tmp_path):
+    """Second setup reads no .npy file; an edited, removed or corrupted file is noticed."""
+    write_synthetic("affectnet_npy", tmp_path / "data", num_images=40, seed=6, progress=False)
+    folder = tmp_path / "data" / "train_set" / "annotations"
+    files = sorted(folder.glob("*_exp.npy"))
+
+    def read_all():
+        cache = ExpressionCache(folder, cache_dir=tmp_path / "cache")
+        values = {path.name: cache.read(path) for path in sorted(folder.glob("*_exp.npy"))}
+        cache.save()
+        return cache.reads, values
+
+    reads, first = read_all()
+    assert reads == len(files) and all(isinstance(value, int) for value in first.values())
+    reads, second = read_all()
+    assert (reads, second) == (0, first)
+
+    edited = files[0]
+    new_label = (first[edited.name] + 1) % 8
+    np.save(edited, np.array(str(new_label)))
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))  # clock-tick safe
+    files[1].unlink()
+    files[2].write_bytes(b"not a numpy file")
+    reads, third = read_all()
+    assert reads == 2
+    assert third[edited.name] == new_label and files[1].name not in third
+    assert isinstance(third[files[2].name], str)  # the reason, reported as a bad row by the reader
+    assert read_all() == (0, third)
+
+
+def test_npy_release_setup_uses_the_cache(tmp_path, monkeypatch):
+    write_synthetic("affectnet_npy", tmp_path / "data", num_images=60, seed=7, progress=False)
+    monkeypatch.setenv("FER_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    first = _datamodule(tmp_path / "data", num_classes=8)
+    monkeypatch.setattr(
+        "fer_lightning.data.affectnet._read_npy_int", lambda path: pytest.fail(f"read {path}")
+    )
+    second = _datamodule(tmp_path / "data", num_classes=8)
+    for split in ("train", "val", "test"):
+        assert second.tables[split].labels.tolist() == first.tables[split].labels.tolist()
 
 
 @pytest.mark.parametrize("release", ["csv", "npy"])

@@ -13,7 +13,11 @@ split is a seeded, stratified carve of training.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +32,7 @@ from fer_lightning.data.formats import (
     AFFECTNET_NON_EXPRESSION_NAMES,
 )
 from fer_lightning.data.io import BadSampleError, DirectoryIndex, FaceCrop, FaceCropper
+from fer_lightning.data.synthetic import default_cache_dir
 
 #: Ids of rows that are not an expression; every setting drops them.
 NON_EXPRESSION_IDS = dict(enumerate(AFFECTNET_NON_EXPRESSION_NAMES, start=len(AFFECTNET_CLASS_NAMES)))
@@ -231,12 +236,14 @@ class AffectNetDataModule(FERDataModule):
             raise FileNotFoundError(f"AffectNet npy release: no annotations in {split_dir / 'annotations'}")
         images = listing.files(split_dir / "images")
         ids = [match["id"] for name in annotations if (match := _NPY_ANNOTATION.match(name))]
+        expressions = ExpressionCache(split_dir / "annotations")
         for image_id in sorted(ids, key=_natural_key):
             annotation = annotations[f"{image_id}_exp.npy"]
-            try:
-                expression = _read_npy_int(annotation)
-            except (ValueError, OSError, EOFError) as error:
-                builder.bad("malformed annotation", f"{annotation}: cannot read an expression id ({error})")
+            expression = expressions.read(annotation)
+            if isinstance(expression, str):
+                builder.bad(
+                    "malformed annotation", f"{annotation}: cannot read an expression id ({expression})"
+                )
                 continue
             if not self._keep_expression(builder, expression, str(annotation)):
                 continue
@@ -248,6 +255,67 @@ class AffectNetDataModule(FERDataModule):
                 )
                 continue
             builder.add(image, expression, f"{image} ({annotation.name})")
+        expressions.save()
+
+
+class ExpressionCache:
+    """Expression ids of one ``annotations/`` folder's ``_exp.npy`` files, remembered across runs.
+
+    ``np.load`` of the release's ~291k tiny files takes ~16 s per setup (and per DDP rank), a ``stat``
+    of each ~1 s, so ids are cached per file name with the file's size and mtime: an edited, replaced
+    or new file is read again, a removed one is forgotten. Stored as JSON in
+    ``$FER_LIGHTNING_CACHE/affectnet_npy/``; an unreadable or unwritable cache only costs the re-read.
+    """
+
+    VERSION = 1
+
+    def __init__(self, folder: Path, cache_dir: Path | None = None) -> None:
+        key = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+        self.path = (cache_dir or default_cache_dir() / "affectnet_npy") / f"{key}.json"
+        self.entries = self._load()
+        self.seen: dict[str, list] = {}
+        self.reads = 0
+
+    def _load(self) -> dict[str, list]:
+        try:
+            data = json.loads(self.path.read_text())
+            return data["entries"] if data.get("version") == self.VERSION else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def read(self, annotation: Path) -> int | str:
+        """The expression id in ``annotation``, or the reason it cannot be read (a string)."""
+        try:
+            stat = annotation.stat()
+        except OSError as error:
+            return str(error)
+        signature = [stat.st_size, stat.st_mtime_ns]
+        cached = self.entries.get(annotation.name)
+        if isinstance(cached, list) and len(cached) == 3 and cached[:2] == signature:
+            value = cached[2]
+        else:
+            self.reads += 1
+            try:
+                value = _read_npy_int(annotation)
+            except (ValueError, OSError, EOFError) as error:
+                value = str(error)
+        self.seen[annotation.name] = [*signature, value]
+        return value
+
+    def save(self) -> None:
+        """Write what this run saw (atomically), unless nothing changed."""
+        if self.seen == self.entries:
+            return
+        scratch = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, scratch = tempfile.mkstemp(dir=self.path.parent, suffix=".partial")
+            with os.fdopen(handle, "w") as stream:
+                json.dump({"version": self.VERSION, "entries": self.seen}, stream)
+            os.replace(scratch, self.path)
+        except OSError:  # e.g. a read-only cache folder: the next run reads the files again
+            if scratch is not None and os.path.exists(scratch):
+                os.unlink(scratch)
 
 
 def _prepend(first: list[str], rows: Any):
