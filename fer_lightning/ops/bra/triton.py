@@ -49,6 +49,28 @@ def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST_16BIT: tl.constexpr):
 
 
 @triton.jit
+def _load_routed_block(
+    k_base, v_base, route_row, first, routed_tokens, tokens, regions, region_h, region_w,
+    stride_kh, stride_kw, stride_kd, stride_vh, stride_vw, stride_vd, dim_qk, dim_v,
+    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Keys and values of routed tokens first … first + BLOCK_N of one query region, read through the
+    routing row (the routed regions' tokens in routing order, row-major in each window), and which of the
+    BLOCK_N are real: (BLOCK_N, D_QK), (BLOCK_N, D_V), (BLOCK_N,). No copy of K/V is ever gathered."""
+    key_index = first + tl.arange(0, BLOCK_N)
+    key_valid = key_index < routed_tokens
+    key_region = tl.load(route_row + key_index // tokens, mask=key_valid, other=0)
+    key_row, key_col = _token_position(key_region, key_index % tokens, regions, region_h, region_w)
+    k = tl.load(k_base + key_row[:, None] * stride_kh + key_col[:, None] * stride_kw
+                + dim_qk[None, :] * stride_kd,
+                mask=key_valid[:, None] & (dim_qk[None, :] < D_QK), other=0.0)  # fmt: skip
+    v = tl.load(v_base + key_row[:, None] * stride_vh + key_col[:, None] * stride_vw
+                + dim_v[None, :] * stride_vd,
+                mask=key_valid[:, None] & (dim_v[None, :] < D_V), other=0.0)  # fmt: skip
+    return k, v, key_valid
+
+
+@triton.jit
 def _routed_attention_fwd_kernel(
     Q, K, V, Out, Lse, Route,
     stride_qb, stride_qm, stride_qh, stride_qw, stride_qd,
@@ -88,16 +110,10 @@ def _routed_attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     routed_tokens = topk * tokens
     for first in range(0, routed_tokens, BLOCK_N):
-        key_index = first + tl.arange(0, BLOCK_N)
-        key_valid = key_index < routed_tokens
-        key_region = tl.load(route_row + key_index // tokens, mask=key_valid, other=0)
-        key_row, key_col = _token_position(key_region, key_index % tokens, regions, region_h, region_w)
-        k = tl.load(k_base + key_row[:, None] * stride_kh + key_col[:, None] * stride_kw
-                    + dim_qk[None, :] * stride_kd,
-                    mask=key_valid[:, None] & (dim_qk[None, :] < D_QK), other=0.0)  # fmt: skip
-        v = tl.load(v_base + key_row[:, None] * stride_vh + key_col[:, None] * stride_vw
-                    + dim_v[None, :] * stride_vd,
-                    mask=key_valid[:, None] & (dim_v[None, :] < D_V), other=0.0)  # fmt: skip
+        k, v, key_valid = _load_routed_block(
+            k_base, v_base, route_row, first, routed_tokens, tokens, regions, region_h, region_w,
+            stride_kh, stride_kw, stride_kd, stride_vh, stride_vw, stride_vd, dim_qk, dim_v, D_QK, D_V, BLOCK_N,
+        )  # fmt: skip
 
         logits = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST_16BIT) * scale
         logits = tl.where(key_valid[None, :], logits, float("-inf"))
@@ -165,16 +181,10 @@ def _routed_attention_bwd_dq_kernel(
     grad_q = tl.zeros([BLOCK_M, BLOCK_DQK], tl.float32)
     routed_tokens = topk * tokens
     for first in range(0, routed_tokens, BLOCK_N):
-        key_index = first + tl.arange(0, BLOCK_N)
-        key_valid = key_index < routed_tokens
-        key_region = tl.load(route_row + key_index // tokens, mask=key_valid, other=0)
-        key_row, key_col = _token_position(key_region, key_index % tokens, regions, region_h, region_w)
-        k = tl.load(k_base + key_row[:, None] * stride_kh + key_col[:, None] * stride_kw
-                    + dim_qk[None, :] * stride_kd,
-                    mask=key_valid[:, None] & (dim_qk[None, :] < D_QK), other=0.0)  # fmt: skip
-        v = tl.load(v_base + key_row[:, None] * stride_vh + key_col[:, None] * stride_vw
-                    + dim_v[None, :] * stride_vd,
-                    mask=key_valid[:, None] & (dim_v[None, :] < D_V), other=0.0)  # fmt: skip
+        k, v, key_valid = _load_routed_block(
+            k_base, v_base, route_row, first, routed_tokens, tokens, regions, region_h, region_w,
+            stride_kh, stride_kw, stride_kd, stride_vh, stride_vw, stride_vd, dim_qk, dim_v, D_QK, D_V, BLOCK_N,
+        )  # fmt: skip
 
         logits = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST_16BIT) * scale
         probs = tl.where(key_valid[None, :], tl.exp(logits - lse[:, None]), 0.0)
