@@ -49,6 +49,21 @@ def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST_16BIT: tl.constexpr):
 
 
 @triton.jit
+def _program_block(heads, tokens, regions, region_h, region_w, BLOCK: tl.constexpr):
+    """The block of BLOCK tokens this program owns: program axis 0 = (region, block within the region),
+    axis 1 = (image, head). Returns region, image·heads + head, image, head (int64 for pointer
+    arithmetic), which of the BLOCK tokens exist, and their grid rows and columns."""
+    blocks_per_region = tl.cdiv(tokens, BLOCK)
+    region = tl.program_id(0) // blocks_per_region
+    batch_head = tl.program_id(1)
+    batch = (batch_head // heads).to(tl.int64)
+    head = (batch_head % heads).to(tl.int64)
+    token = (tl.program_id(0) % blocks_per_region) * BLOCK + tl.arange(0, BLOCK)
+    row, col = _token_position(region, token, regions, region_h, region_w)
+    return region, batch_head, batch, head, token < tokens, row, col
+
+
+@triton.jit
 def _load_routed_block(
     k_base, v_base, route_row, first, routed_tokens, tokens, regions, region_h, region_w,
     stride_kh, stride_kw, stride_kd, stride_vh, stride_vw, stride_vd, dim_qk, dim_v,
@@ -84,15 +99,9 @@ def _routed_attention_fwd_kernel(
     DOT_PRECISION: tl.constexpr, UPCAST_16BIT: tl.constexpr,
 ):  # fmt: skip
     tokens = region_h * region_w
-    row_blocks = tl.cdiv(tokens, BLOCK_M)
-    query_region = tl.program_id(0) // row_blocks
-    batch_head = tl.program_id(1)
-    batch = (batch_head // heads).to(tl.int64)
-    head = (batch_head % heads).to(tl.int64)
-
-    query_tokens = (tl.program_id(0) % row_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
-    query_valid = query_tokens < tokens
-    query_row, query_col = _token_position(query_region, query_tokens, regions, region_h, region_w)
+    query_region, batch_head, batch, head, query_valid, query_row, query_col = _program_block(
+        heads, tokens, regions, region_h, region_w, BLOCK_M
+    )
     dim_qk = tl.arange(0, BLOCK_DQK)
     dim_v = tl.arange(0, BLOCK_DV)
 
@@ -151,15 +160,9 @@ def _routed_attention_bwd_dq_kernel(
     GradQ is contiguous with Q's shape and the grad-out strides describe dO.
     """
     tokens = region_h * region_w
-    row_blocks = tl.cdiv(tokens, BLOCK_M)
-    query_region = tl.program_id(0) // row_blocks
-    batch_head = tl.program_id(1)
-    batch = (batch_head // heads).to(tl.int64)
-    head = (batch_head % heads).to(tl.int64)
-
-    query_tokens = (tl.program_id(0) % row_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
-    query_valid = query_tokens < tokens
-    query_row, query_col = _token_position(query_region, query_tokens, regions, region_h, region_w)
+    query_region, batch_head, batch, head, query_valid, query_row, query_col = _program_block(
+        heads, tokens, regions, region_h, region_w, BLOCK_M
+    )
     dim_qk = tl.arange(0, BLOCK_DQK)
     dim_v = tl.arange(0, BLOCK_DV)
     qk_mask = query_valid[:, None] & (dim_qk[None, :] < D_QK)
@@ -217,15 +220,9 @@ def _routed_attention_bwd_dkv_kernel(
     contiguous with K's and V's shapes.
     """
     tokens = region_h * region_w
-    key_blocks = tl.cdiv(tokens, BLOCK_N)
-    key_region = tl.program_id(0) // key_blocks
-    batch_head = tl.program_id(1)
-    batch = (batch_head // heads).to(tl.int64)
-    head = (batch_head % heads).to(tl.int64)
-
-    key_tokens = (tl.program_id(0) % key_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-    key_valid = key_tokens < tokens
-    key_row, key_col = _token_position(key_region, key_tokens, regions, region_h, region_w)
+    key_region, batch_head, batch, head, key_valid, key_row, key_col = _program_block(
+        heads, tokens, regions, region_h, region_w, BLOCK_N
+    )
     dim_qk = tl.arange(0, BLOCK_DQK)
     dim_v = tl.arange(0, BLOCK_DV)
     k_mask = key_valid[:, None] & (dim_qk[None, :] < D_QK)
