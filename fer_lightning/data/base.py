@@ -33,6 +33,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from fer_lightning.data.io import BadSampleError, FaceCrop, FaceCropper, read_rgb
@@ -253,9 +254,25 @@ def face_crop_cache_dir(folder: str | os.PathLike | None = None) -> Path:
     return Path(folder).expanduser() if folder is not None else default_cache_dir() / "face_crops"
 
 
+def augmentation_seed(*keys: int) -> int:
+    """Seed for an augmentation pipeline's generator in this process.
+
+    Mixes torch's seed of the process (``seed_everything``'s in the main process; in a DataLoader worker
+    the loader's base seed + worker id, drawn anew from the main process's generator each time workers
+    start), the global rank and ``keys``: repeatable under one seed, different per worker and per rank.
+    """
+    entropy = [torch.initial_seed(), rank_zero_only.rank or 0, *keys]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
 def _worker_init(_: int) -> None:
     # OpenCV's own thread pool inside each DataLoader worker oversubscribes the cores.
     cv2.setNumThreads(0)
+    # Every worker starts with a copy of the main process's augmentation generator; without a reseed all
+    # workers would draw the same flips and erasing boxes, in the same order.
+    transform = getattr(torch.utils.data.get_worker_info().dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(augmentation_seed())
 
 
 def _format_counts(counts: Counter) -> str:
@@ -400,6 +417,7 @@ class FERDataModule(L.LightningDataModule):
                 train=split == "train",
                 mean=self.hparams.mean,
                 std=self.hparams.std,
+                seed=augmentation_seed(SPLITS.index(split)),
             )
             self.datasets[split] = FERImageDataset(
                 table,

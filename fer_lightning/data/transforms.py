@@ -49,8 +49,13 @@ def build_transform(
     train: bool,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    seed: int | None = None,
 ) -> A.Compose:
-    """The pipeline of ``recipe`` for training, or the plain resize + normalise for evaluation."""
+    """The pipeline of ``recipe`` for training, or the plain resize + normalise for evaluation.
+
+    ``seed`` seeds the pipeline's own random generator (albumentations ignores numpy's and Python's
+    global seeds); ``None`` draws one from the OS, so runs are not repeatable.
+    """
     if recipe not in _RECIPES:
         raise ValueError(f"unknown augmentation recipe {recipe!r}; known: {', '.join(RECIPES)}")
     before_normalize, after_normalize = _RECIPES[recipe] if train else (list, list)
@@ -61,5 +66,6 @@ def build_transform(
             A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
             *after_normalize(),
             ToTensorV2(),
-        ]
+        ],
+        seed=seed,
     )
