@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from fer_lightning.models.backbones.poster_body import CrossAttentionBlock, PosterBody
-from fer_lightning.models.base import EVAL_SPLITS, FERClassifier
+from fer_lightning.models.backbones.poster_body import CrossAttentionBlock
+from fer_lightning.models.base import EVAL_SPLITS
+from fer_lightning.models.posterpp import POSTERPP
 from fer_lightning.ops import class_batch_attention
 
 CBAScale = Literal["sqrt_classes", "none", "sqrt_dim"]
@@ -105,31 +106,22 @@ class BatchTransformer(nn.Module):
         return p_cba, p_cba + p_vit  # eq. 6
 
 
-class BTN(FERClassifier):
-    """Batch Transformer Network on the POSTER++ body.
+class BTN(POSTERPP):
+    """Batch Transformer Network: POSTER++ (its body and P_VIT head) plus MLA and the batch transformer.
 
     Args:
-        variant: body size, ``paper`` or ``tiny`` (same modules, narrow; for CPU runs on synthetic data).
-        ir50_weights, mobilefacenet_weights: paths to the published checkpoints (none can be downloaded
-            here; without them the body starts from random weights, with a warning).
-        landmark_bn_mode: ``eval`` keeps the frozen landmark net's BatchNorm statistics fixed;
-            ``train_upstream`` reproduces the official code, where they drift (models.md §1.3).
-        interpolate_mode: how 224-px inputs are resized to 112 (``nearest`` as upstream).
         lambda_vit: λ of eq. 9 (2.0 is the paper's best on RAF-DB, Table 6).
         inference_head: ``vit`` (the paper: P_VIT, batch-independent) or ``bt`` (P_BT, which depends on
             the other images of the batch; for ablations only).
         cba_scale, cba_value, detach_cba_value, cba_backend: see :class:`BatchTransformer`.
         mla_heads: heads of the two MLA cross-attention blocks.
-        **kwargs: :class:`~fer_lightning.models.base.FERClassifier` arguments (classes, optimiser, SAM, …).
+        **kwargs: :class:`~fer_lightning.models.posterpp.POSTERPP` arguments (the body: ``variant``,
+            ``ir50_weights``, ``mobilefacenet_weights``, ``landmark_bn_mode``, ``interpolate_mode``) and
+            :class:`~fer_lightning.models.base.FERClassifier` ones (classes, optimiser, SAM, …).
     """
 
     def __init__(
         self,
-        variant: str = "paper",
-        ir50_weights: str | None = None,
-        mobilefacenet_weights: str | None = None,
-        landmark_bn_mode: Literal["eval", "train_upstream"] = "eval",
-        interpolate_mode: str = "nearest",
         lambda_vit: float = 2.0,
         inference_head: Literal["vit", "bt"] = "vit",
         cba_scale: CBAScale = "sqrt_classes",
@@ -142,14 +134,6 @@ class BTN(FERClassifier):
         super().__init__(**kwargs)
         if inference_head not in ("vit", "bt"):
             raise ValueError(f"inference_head must be 'vit' or 'bt', got {inference_head!r}")
-        self.body = PosterBody(
-            self.num_classes,
-            variant=variant,
-            ir50_weights=ir50_weights,
-            mobilefacenet_weights=mobilefacenet_weights,
-            landmark_bn_mode=landmark_bn_mode,
-            interpolate_mode=interpolate_mode,
-        )
         self.mla = MultiLevelAttention(self.body.level_dims, self.body.level_sizes, num_heads=mla_heads)
         last_size = self.body.level_sizes[-1]
         self.batch_transformer = BatchTransformer(
@@ -185,7 +169,7 @@ class BTN(FERClassifier):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.inference_head == "vit":
-            return self.body(images)  # MLA and BT are skipped: they cannot change P_VIT
+            return super().forward(images)  # POSTER++'s P_VIT: MLA and BT cannot change it
         return self.heads(images)["bt"]
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
