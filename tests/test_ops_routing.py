@@ -15,22 +15,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from ops_helpers import TOLERANCES, needs_cuda, needs_triton_cpu
 
 from fer_lightning.ops import _dispatch, region_attention, route_regions, routing_attention
 from fer_lightning.ops.bra import fast as bra_fast
 from fer_lightning.ops.bra import routed_attention_op
 from fer_lightning.ops.bra.reference import region_attention_reference
-
-TRITON_RUNS_ON_CPU = _dispatch.TRITON_INSTALLED and _dispatch.triton_interpreter_enabled()
-needs_triton_cpu = pytest.mark.skipif(not TRITON_RUNS_ON_CPU, reason="needs triton with TRITON_INTERPRET=1")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-# (atol, rtol) of a backend in this dtype against the fp32 reference.
-TOLERANCES = {
-    torch.float32: (2e-5, 1e-4),
-    torch.float16: (1e-2, 1e-2),
-    torch.bfloat16: (6e-2, 5e-2),
-}
 
 # name: (batch, heads, H, W, d, d_v, regions, topk)
 CASES = {
