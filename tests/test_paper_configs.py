@@ -38,19 +38,23 @@ def _common(root, save_dir):
     ]
 
 
-@pytest.mark.parametrize("config", ["btn_rafdb.yaml", "posterpp_rafdb.yaml", "btn_synthetic.yaml"])
-def test_config_fast_dev_run(config, synthetic_rafdb, tmp_path):
-    # Paper-size models at batch 2: the recipe (SAM, optimiser, scheduler, augmentation) runs as configured.
+def _paper_size_fast_dev_run(config, root, save_dir):
     main(
         [
             "fit",
             "--config",
             str(EXPERIMENTS / config),
-            *_common(synthetic_rafdb, tmp_path),
+            *_common(root, save_dir),
             "--data.batch_size=2",
             "--trainer.fast_dev_run=true",
         ]
     )
+
+
+@pytest.mark.parametrize("config", ["btn_rafdb.yaml", "posterpp_rafdb.yaml", "btn_synthetic.yaml"])
+def test_config_fast_dev_run(config, synthetic_rafdb, tmp_path):
+    # Paper-size models at batch 2: the recipe (SAM, optimiser, scheduler, augmentation) runs as configured.
+    _paper_size_fast_dev_run(config, synthetic_rafdb, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -59,16 +63,7 @@ def test_config_fast_dev_run(config, synthetic_rafdb, tmp_path):
 )
 def test_affectnet_config_fast_dev_run(config, synthetic_affectnet, tmp_path):
     """Paper-size models, imbalanced sampler, erasing p = 1, on AffectNet's CSV release (synthetic)."""
-    main(
-        [
-            "fit",
-            "--config",
-            str(EXPERIMENTS / config),
-            *_common(synthetic_affectnet, tmp_path),
-            "--data.batch_size=2",
-            "--trainer.fast_dev_run=true",
-        ]
-    )
+    _paper_size_fast_dev_run(config, synthetic_affectnet, tmp_path)
 
 
 def test_btn_synthetic_lowers_the_loss(synthetic_rafdb, tmp_path):
