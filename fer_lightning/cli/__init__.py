@@ -1,0 +1,113 @@
+"""The ``fer-lightning`` command.
+
+Usage::
+
+    fer-lightning fit --config experiments/quickstart.yaml
+    fer-lightning test --config experiments/quickstart.yaml --ckpt_path runs/.../checkpoints/best-....ckpt
+    fer-lightning make-synthetic --format rafdb --out data/synthetic-rafdb --num-images 3000 --seed 0
+
+This module only dispatches: each command imports what it needs when it runs, so ``--help`` and the
+light commands do not pay for importing torch and Lightning. Errors a user can fix
+(:class:`~fer_lightning.errors.FERLightningError`) are printed as one line with a non-zero exit status;
+``--debug`` (anywhere on the command line) or ``FER_LIGHTNING_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from fer_lightning.errors import FERLightningError
+
+#: LightningCLI's subcommands, run by :mod:`fer_lightning.cli.lightning`.
+LIGHTNING_SUBCOMMANDS: dict[str, str] = {
+    "fit": "train a model, selecting the checkpoint on validation data",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split (reported separately, never used for selection)",
+    "predict": "run a checkpoint on the test split and return class probabilities",
+}
+
+#: Our own commands: name -> ("module:function", one-line help). Modules are imported on use.
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "make-synthetic": (
+        "fer_lightning.cli.commands:make_synthetic",
+        "write generated faces in a real dataset's on-disk format",
+    ),
+    "complexity": (
+        "fer_lightning.cli.commands:complexity",
+        "parameters and MACs of a config's model, per image",
+    ),
+    "data-summary": (
+        "fer_lightning.data.summary:data_summary",
+        "counts per split and class, dropped rows, and a class histogram PNG",
+    ),
+    "plot-curves": (
+        "fer_lightning.cli.commands:plot_curves",
+        "draw a run's loss and accuracy curves from its metrics.csv",
+    ),
+}
+EXTRA_COMMANDS_HELP = "more commands:\n" + "\n".join(
+    f"  {name:<16} {summary}" for name, (_, summary) in EXTRA_COMMANDS.items()
+)
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "FER_LIGHTNING_DEBUG"
+
+
+def usage() -> str:
+    """The top-level help, written without importing Lightning."""
+    commands = "\n".join(f"  {name:<16} {summary}" for name, summary in LIGHTNING_SUBCOMMANDS.items())
+    return (
+        "usage: fer-lightning COMMAND [options]   (fer-lightning COMMAND --help for its options)\n\n"
+        "Facial-expression recognition experiments with PyTorch Lightning.\n\n"
+        f"training and evaluation (LightningCLI):\n{commands}\n{EXTRA_COMMANDS_HELP}\n\n"
+        f"options anywhere:\n  {DEBUG_FLAG:<16} show the full traceback of an error "
+        f"(or set {DEBUG_ENV}=1)"
+    )
+
+
+def debug_enabled(argv: Sequence[str]) -> bool:
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def run(argv: list[str]) -> None:
+    """Run one command; errors propagate (:func:`main` turns the user's into one line)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if argv[0] in EXTRA_COMMANDS:
+        module_name, function_name = EXTRA_COMMANDS[argv[0]][0].split(":")
+        getattr(importlib.import_module(module_name), function_name)(argv[1:])
+        return
+    from fer_lightning.cli.lightning_cli import run_lightning_cli
+
+    run_lightning_cli(argv)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``fer-lightning``; ``args`` lets tests run it in-process."""
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = debug_enabled(argv)
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    try:
+        run(argv)
+    except FERLightningError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def __getattr__(name: str):
+    # FERCLI and trainer_defaults live with the Lightning imports; importing them from here still works.
+    if name in ("FERCLI", "trainer_defaults", "SELECTION_METRIC"):
+        from fer_lightning.cli import lightning_cli
+
+        return getattr(lightning_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__":
+    main()
