@@ -22,6 +22,9 @@ from fer_lightning.data.synthetic import (
     write_rafdb,
     write_synthetic,
 )
+from fer_lightning.data.synthetic.output import encode_jpeg
+from fer_lightning.data.synthetic.planning import FREQUENCY_ORDER
+from fer_lightning.data.synthetic.rafdb import RAFDB_EXPRESSIONS
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -102,8 +105,8 @@ def test_plan_honours_imbalance_ratio_and_order():
     plan = plan_dataset(
         2000,
         0,
-        synthetic._RAFDB_EXPRESSIONS,
-        synthetic._FREQUENCY_ORDER["rafdb"],
+        RAFDB_EXPRESSIONS,
+        FREQUENCY_ORDER["rafdb"],
         imbalance=8.0,
         label_noise=0.0,
         train_split="train",
@@ -124,8 +127,8 @@ def test_plan_label_noise_fraction_only_in_training():
     plan = plan_dataset(
         1000,
         1,
-        synthetic._RAFDB_EXPRESSIONS,
-        synthetic._FREQUENCY_ORDER["rafdb"],
+        RAFDB_EXPRESSIONS,
+        FREQUENCY_ORDER["rafdb"],
         imbalance=1.0,
         label_noise=0.25,
         train_split="train",
@@ -136,7 +139,7 @@ def test_plan_label_noise_fraction_only_in_training():
     assert not any(item.is_noisy for item in plan if item.split == "test")
     # A noisy label is always a different class, and the drawn expression follows the clean label.
     for item in plan:
-        assert item.expression == synthetic._RAFDB_EXPRESSIONS[item.clean_label]
+        assert item.expression == RAFDB_EXPRESSIONS[item.clean_label]
         assert 0 <= item.label < 7
 
 
@@ -145,7 +148,7 @@ def test_plan_balanced_eval_is_equal_per_class():
         800,
         0,
         EXPRESSIONS,
-        synthetic._FREQUENCY_ORDER["affectnet"],
+        FREQUENCY_ORDER["affectnet"],
         imbalance=10.0,
         label_noise=0.0,
         train_split="train",
@@ -159,7 +162,7 @@ def test_plan_balanced_eval_is_equal_per_class():
 
 
 def test_plan_rejects_bad_arguments():
-    args = (synthetic._RAFDB_EXPRESSIONS, synthetic._FREQUENCY_ORDER["rafdb"])
+    args = (RAFDB_EXPRESSIONS, FREQUENCY_ORDER["rafdb"])
     with pytest.raises(ValueError, match="imbalance"):
         plan_dataset(10, 0, *args, imbalance=0.5, label_noise=0, train_split="train", eval_splits={})
     with pytest.raises(ValueError, match="label_noise"):
@@ -232,7 +235,7 @@ def test_each_image_depends_only_on_seed_and_index(tmp_path):
     for index in (8, 0, 4):  # any order
         entry = manifest["files"][index]
         image = render_face(entry["expression"], synthetic.image_rng(2, index), 64)
-        assert (root / entry["image"]).read_bytes() == synthetic._encode_jpeg(image)
+        assert (root / entry["image"]).read_bytes() == encode_jpeg(image)
     # Distinct indices mean distinct generators: no two images repeat, even of the same class.
     contents = [(root / entry["image"]).read_bytes() for entry in manifest["files"]]
     assert len(set(contents)) == len(contents)
@@ -243,7 +246,7 @@ def test_red_patch_survives_jpeg_bgr_rgb_round_trip(tmp_path):
     image = np.zeros((100, 100, 3), np.uint8)
     image[20:60, 20:60] = (255, 0, 0)  # pure red in RGB
     path = tmp_path / "red.jpg"
-    path.write_bytes(synthetic._encode_jpeg(image))
+    path.write_bytes(encode_jpeg(image))
     decoded = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     red, green, blue = decoded[30:50, 30:50].reshape(-1, 3).mean(axis=0)
     assert red > 200 and green < 50 and blue < 50
