@@ -1,4 +1,5 @@
-"""BTN against the paper: shapes, added parameters, eq. 9, batch-independent inference, training."""
+"""BTN against the paper: shapes, added parameters, MLA query roles, eq. 9, training (batch-independent
+inference: tests/test_batch_independence.py)."""
 
 import pytest
 import torch
@@ -73,28 +74,33 @@ def test_loss_is_equation_9(tiny_btn):
     torch.testing.assert_close(logits, heads["vit"])
 
 
-def test_eval_predictions_do_not_depend_on_the_batch(tiny_btn):
-    tiny_btn.eval()
-    images = torch.randn(32, 3, 112, 112)
-    with torch.no_grad():
-        batch = tiny_btn(images)
-        alone = torch.cat([tiny_btn(images[i : i + 1]) for i in (0, 5, 31)])
-        order = torch.randperm(32)
-        permuted = tiny_btn(images[order])
-    # A batch of 1 takes other BLAS kernels (GEMV, not GEMM) than a batch of 32, so the last bits can
-    # differ; any batch mixing would move logits by orders of magnitude more.
-    torch.testing.assert_close(alone, batch[[0, 5, 31]], atol=1e-5, rtol=0)
-    assert torch.equal(permuted, batch[order])
-    # The test can fail: predicting from P_BT (after batch attention) does depend on the batch.
-    tiny_btn.inference_head = "bt"
+def test_mla_higher_level_queries_the_lower_one(tiny_btn):
+    """Eqs. 1–2: S₂ is the query into conv_a(S₁), and S₃ the query into conv_b(F_LA); the lower level gives
+    keys and values. Same-shaped maps, so a swap would pass every shape check."""
+    mla = tiny_btn.mla
+    inputs = {}
+    hooks = [
+        getattr(mla, name).register_forward_pre_hook(
+            lambda m, args, name=name: inputs.__setitem__(name, args)
+        )
+        for name in ("attend_a", "attend_b")
+    ]
+    torch.manual_seed(2)
+    s1, s2, s3 = (
+        torch.randn(2, c, n, n) for c, n in zip(tiny_btn.body.level_dims, tiny_btn.body.level_sizes)
+    )
     try:
         with torch.no_grad():
-            mixed = tiny_btn(images)
-            alone_bt = tiny_btn(images[:1])
-        assert not torch.allclose(alone_bt, mixed[:1], atol=1e-3)
+            mla(s1, s2, s3)
     finally:
-        tiny_btn.inference_head = "vit"
-        tiny_btn.train()
+        for hook in hooks:
+            hook.remove()
+    # CrossAttentionBlock(image, query): the image side gives keys and values.
+    (image_a, query_a), (image_b, query_b) = inputs["attend_a"], inputs["attend_b"]
+    with torch.no_grad():
+        assert torch.equal(query_a, s2) and torch.equal(image_a, mla.conv_a(s1))
+        f_la = mla.attend_a(mla.conv_a(s1), s2)
+        assert torch.equal(query_b, s3) and torch.equal(image_b, mla.conv_b(f_la))
 
 
 def test_detached_value_stops_cba_gradient_to_vit():
