@@ -20,18 +20,24 @@ class _PassThrough(FERClassifier):
         return images
 
 
-def _validate(batch_size: int) -> dict[str, float]:
-    model = _PassThrough(num_classes=3, class_names=["a", "b", "c"])
-    logits = F.one_hot(torch.tensor(PREDICTIONS), 3).float() * 5.0
-    loader = DataLoader(TensorDataset(logits, torch.tensor(TARGETS)), batch_size=batch_size)
-    trainer = L.Trainer(
+def _loader(predictions, targets, batch_size: int) -> DataLoader:
+    logits = F.one_hot(torch.tensor(predictions), 3).float() * 5.0
+    return DataLoader(TensorDataset(logits, torch.tensor(targets)), batch_size=batch_size)
+
+
+def _trainer() -> L.Trainer:
+    return L.Trainer(
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
     )
-    [metrics] = trainer.validate(model, loader, verbose=False)
+
+
+def _validate(batch_size: int) -> dict[str, float]:
+    model = _PassThrough(num_classes=3, class_names=["a", "b", "c"])
+    [metrics] = _trainer().validate(model, _loader(PREDICTIONS, TARGETS, batch_size), verbose=False)
     return metrics, model
 
 
@@ -47,6 +53,20 @@ def test_metrics_match_hand_computation(batch_size):
     f1 = [2 * p * r / (p + r) for p, r in zip(precisions, recalls)]
     assert metrics["val/macro_f1"] == pytest.approx(sum(f1) / 3)
     assert model.last_confusion["val"].tolist() == [[3, 1, 0], [0, 1, 1], [0, 1, 3]]
+
+
+def test_each_evaluation_epoch_counts_only_its_own_samples():
+    """A second validation (and a test run) with the same model starts from empty metric states."""
+    _, model = _validate(batch_size=4)
+    all_right = _loader(TARGETS[:6], TARGETS[:6], batch_size=4)  # six samples, every prediction right
+    [second] = _trainer().validate(model, all_right, verbose=False)
+    assert second["val/acc"] == 1.0  # 13/16 if the first run's counts were still there
+    assert model.last_confusion["val"].sum() == 6
+    assert model.last_confusion["val"].tolist() == [[4, 0, 0], [0, 2, 0], [0, 0, 0]]
+    [tested] = _trainer().test(model, all_right, verbose=False)
+    [tested_again] = _trainer().test(model, _loader(PREDICTIONS, TARGETS, batch_size=4), verbose=False)
+    assert (tested["test/acc"], tested_again["test/acc"]) == (1.0, pytest.approx(7 / 10))
+    assert model.last_confusion["test"].sum() == 10
 
 
 def test_class_names_must_match_num_classes():
