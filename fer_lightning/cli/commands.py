@@ -3,26 +3,166 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import math
 import os
+from typing import NoReturn
+
+from fer_lightning.errors import ConfigurationError
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argparse parser whose mistakes reach the user as the CLI's one ``error:`` line, not usage + exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("fer-lightning ")
+        raise ConfigurationError(f"{command}: {message} (see {self.prog} --help)")
+
+
+# make-synthetic options that set a writer keyword: flag -> (writer keyword, value type, help). A flag
+# applies to the formats whose writer takes that keyword; each help ends with the per-format defaults.
+SYNTHETIC_OPTIONS: dict[str, tuple[str, type, str]] = {
+    "--imbalance": (
+        "imbalance",
+        float,
+        "ratio of the most to the least frequent class (>= 1; 1 = balanced); the classes are ranked as in "
+        "the real training set",
+    ),
+    "--label-noise": (
+        "label_noise",
+        float,
+        "fraction of training labels replaced by a different class, in [0, 1] (the manifest keeps the "
+        "clean labels; for ferplus only the FER2013 column is corrupted)",
+    ),
+    "--nuisance": (
+        "nuisance",
+        float,
+        "scale of the variation unrelated to expression (pose, identity, lighting, background, "
+        "occluders, blur, noise), >= 0; 0 draws frontal average faces on grey",
+    ),
+    "--test-fraction": ("test_fraction", float, "fraction of the images in the test split, in [0, 1)"),
+    "--validation-fraction": (
+        "validation_fraction",
+        float,
+        "fraction of the images in the validation split, in [0, 1) (AffectNet's is balanced per class)",
+    ),
+    "--public-test-fraction": (
+        "public_test_fraction",
+        float,
+        "fraction of the images in the PublicTest split, in [0, 1)",
+    ),
+    "--private-test-fraction": (
+        "private_test_fraction",
+        float,
+        "fraction of the images in the PrivateTest split, in [0, 1)",
+    ),
+    "--image-size": ("image_size", int, "side of the square aligned face images in pixels, >= 1"),
+    "--face-size": ("face_size", int, "side of the face box inside each full picture in pixels, >= 1"),
+}
+
+
+def _writer_defaults(writers: dict) -> dict[str, dict[str, object]]:
+    """Keyword -> {format: default} for every keyword some writer takes."""
+    defaults: dict[str, dict[str, object]] = {}
+    for fmt, writer in sorted(writers.items()):
+        for name, parameter in inspect.signature(writer).parameters.items():
+            defaults.setdefault(name, {})[fmt] = parameter.default
+    return defaults
+
+
+def _check_synthetic_option(flag: str, value: float) -> None:
+    keyword = SYNTHETIC_OPTIONS[flag][0]
+    if keyword == "imbalance":
+        valid, expected = value >= 1, "a ratio >= 1 (1 = balanced)"
+    elif keyword == "label_noise":
+        valid, expected = 0 <= value <= 1, "a fraction in [0, 1]"
+    elif keyword == "nuisance":
+        valid, expected = value >= 0, "a scale >= 0 (1 = the default variation)"
+    elif keyword.endswith("_fraction"):
+        valid, expected = 0 <= value < 1, "a fraction in [0, 1)"
+    else:
+        valid, expected = value >= 1, "a size in pixels >= 1"
+    if not (valid and math.isfinite(value)):
+        raise ConfigurationError(f"make-synthetic {flag} {value}: expected {expected}")
+
+
+def _flags_and_values(options: dict[str, object]) -> str:
+    flags = {keyword: flag for flag, (keyword, _, _) in SYNTHETIC_OPTIONS.items()}
+    return ", ".join(f"{flags[keyword]} {value:g}" for keyword, value in options.items())
 
 
 def make_synthetic(argv: list[str]) -> None:
     """``fer-lightning make-synthetic``: write a generated dataset in a real dataset's on-disk format."""
-    from fer_lightning.data.synthetic import WRITERS, write_synthetic
+    from fer_lightning.data.synthetic import MANIFEST_NAME, WRITERS, write_synthetic
 
-    parser = argparse.ArgumentParser(
+    defaults = _writer_defaults(WRITERS)
+    parser = OneLineErrorParser(
         prog="fer-lightning make-synthetic",
-        description="Write procedurally generated faces in the on-disk format of a real FER dataset.",
+        description="Write procedurally generated faces in the on-disk format of a real FER dataset. "
+        "Options left out take the format's own default (listed with each option).",
     )
     parser.add_argument("--format", required=True, choices=sorted(WRITERS), help="dataset format to write")
     parser.add_argument("--out", required=True, help="output folder (created; must be empty if it exists)")
     parser.add_argument("--num-images", type=int, default=3000, help="number of images (default 3000)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    for flag, (keyword, value_type, text) in SYNTHETIC_OPTIONS.items():
+        per_format = defaults[keyword]
+        if len(per_format) == len(WRITERS) and len(set(per_format.values())) == 1:
+            default = f"default {next(iter(per_format.values()))}, every format"
+        else:
+            default = "default " + ", ".join(f"{value} for {fmt}" for fmt, value in per_format.items())
+        parser.add_argument(
+            flag, dest=keyword, type=value_type, metavar=keyword.upper(), help=f"{text} ({default})"
+        )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a synthetic dataset written earlier into --out"
+    )
     args = parser.parse_args(argv)
+
+    options = {}
+    for flag, (keyword, _, _) in SYNTHETIC_OPTIONS.items():
+        value = getattr(args, keyword)
+        if value is None:
+            continue
+        if args.format not in defaults[keyword]:
+            applicable = [
+                other for other, (name, _, _) in SYNTHETIC_OPTIONS.items() if args.format in defaults[name]
+            ]
+            raise ConfigurationError(
+                f"make-synthetic {flag} does not apply to --format {args.format} (it applies to "
+                f"{', '.join(defaults[keyword])}); options of {args.format}: {', '.join(applicable)}"
+            )
+        _check_synthetic_option(flag, value)
+        options[keyword] = value
+    fractions = {
+        keyword: options.get(keyword, per_format[args.format])
+        for keyword, per_format in defaults.items()
+        if keyword.endswith("_fraction") and args.format in per_format
+    }
+    held_out = sum(fractions.values())
+    if held_out >= 1:
+        raise ConfigurationError(
+            f"make-synthetic: the held-out fractions of {args.format} ({_flags_and_values(fractions)}) sum to "
+            f"{held_out:g}; keep their sum below 1 so that images are left for training"
+        )
+    if args.num_images < 1:
+        raise ConfigurationError(f"make-synthetic --num-images {args.num_images}: expected at least 1")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ConfigurationError(f"make-synthetic --out {args.out} is a file; give a folder to write into")
     if os.path.isdir(args.out) and os.listdir(args.out):
-        parser.error(f"--out {args.out} exists and is not empty")
-    summary = write_synthetic(args.format, args.out, num_images=args.num_images, seed=args.seed)
-    print(summary)
+        if not os.path.isfile(os.path.join(args.out, MANIFEST_NAME)):
+            raise ConfigurationError(
+                f"make-synthetic --out {args.out} exists and holds other files; choose a new or empty folder"
+            )
+        if not args.overwrite:
+            raise ConfigurationError(
+                f"make-synthetic --out {args.out} already holds a synthetic dataset; "
+                "pass --overwrite to replace it, or choose another folder"
+            )
+    summary = write_synthetic(
+        args.format, args.out, num_images=args.num_images, seed=args.seed, overwrite=args.overwrite, **options
+    )
+    print(summary.describe())
 
 
 def complexity(argv: list[str]) -> None:

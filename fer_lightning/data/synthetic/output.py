@@ -42,6 +42,37 @@ class SyntheticSummary:
     num_invalid_rows: int = 0  # rows written that a correct reader must drop
     seconds: float = 0.0
 
+    def describe(self) -> str:
+        """A few lines for people: where, how long, images per split and class, noise, invalid rows."""
+        total = sum(self.split_sizes.values())
+        lines = [
+            f"wrote {total:,} synthetic images in {self.format} format (seed {self.seed}) "
+            f"to {self.root} in {self.seconds:.1f} s"
+        ]
+        header = ["split", "images", *self.class_names]
+        rows = [
+            [split, f"{size:,}", *(f"{count:,}" for count in self.class_counts.get(split, []))]
+            for split, size in self.split_sizes.items()
+        ]
+        widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+        for row in [header, *rows]:
+            cells = [row[0].ljust(widths[0])] + [
+                cell.rjust(width) for cell, width in zip(row[1:], widths[1:])
+            ]
+            lines.append("  " + "  ".join(cells).rstrip())
+        if self.num_noisy_labels:
+            lines.append(
+                f"label noise: {self.num_noisy_labels:,} of the labels counted above name another class than"
+                " the face shows (the manifest keeps the clean ones)"
+            )
+        else:
+            lines.append("label noise: none")
+        if self.num_invalid_rows:
+            lines.append(
+                f"invalid rows: {self.num_invalid_rows:,} (written on purpose; a reader must drop them)"
+            )
+        return "\n".join(lines)
+
 
 def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """RGB array → JPEG bytes. OpenCV writes BGR, so convert, or every reader would see swapped colours."""
