@@ -81,7 +81,7 @@ def published_ir50(layout: str, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _ours_from_v1(key: str) -> str | None:
-    """Where a published V1 tensor must end up (models.md §1.7 rule 2), or None if dropped."""
+    """Our name for a published V1 key, or None if dropped (docs/models.md#loading-backbone-checkpoints)."""
     if key.startswith("input_layer."):
         return "stem." + key.removeprefix("input_layer.")
     if key.startswith("output_layer."):
@@ -112,7 +112,7 @@ def test_ir50_stage_shapes_paper_and_tiny():
 def test_ir50_builds_no_dead_modules():
     names = {name.split(".")[0] for name, _ in IR50().named_parameters()}
     assert names == {"stem", "stage1", "stage2", "stage3"}
-    # face.evoLVe IR-50 minus stage 4 and output_layer = 17,611,968 (models.md Appendix: 30.46 M − 12.85 M).
+    # face.evoLVe IR-50 minus stage 4 and output_layer = 17,611,968 (official IR-50: 30.46 M − 12.85 M).
     assert sum(p.numel() for p in IR50().parameters()) == 17_611_968
 
 
@@ -288,7 +288,7 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
         load_mobilefacenet_weights(MobileFaceNet(), path)
 
 
-# --- frozen landmark net: eval-mode fix vs upstream drift (models.md §1.3) -------------------------------
+# --- frozen landmark net: eval-mode fix vs upstream drift (docs/models.md#deviations-from-the-official-code)
 
 
 def _landmark_bn_buffers(body: PosterBody) -> dict[str, torch.Tensor]:
@@ -341,13 +341,13 @@ def test_bn_mode_is_validated():
         FrozenLandmarkNet(MobileFaceNet(), bn_mode="train")
 
 
-# --- cross-attention block (models.md §1.4) --------------------------------------------------------------
+# --- cross-attention block (docs/models.md#the-poster-body) -------------------------------------------------
 
 
 def _reference_cross_attention(
     block: CrossAttentionBlock, image: torch.Tensor, query: torch.Tensor
 ) -> torch.Tensor:
-    """§1.4's equations with explicit loops over heads and an independently computed relative bias."""
+    """The block's equations with explicit loops over heads and an independently computed relative bias."""
     batch, channels, size, _ = image.shape
     heads, head_dim, tokens = block.num_heads, channels // block.num_heads, size * size
     x = F.layer_norm(
@@ -385,7 +385,7 @@ def test_cross_attention_block_matches_the_equations():
 
 
 def test_cross_attention_block_starts_at_the_normalised_image():
-    # γ = 1e-5 at init: the output is (almost) LayerNorm(image), the *normalised* shortcut of §1.4.
+    # γ = 1e-5 at init: the output is (almost) LayerNorm(image), the *normalised* shortcut.
     torch.manual_seed(0)
     block = CrossAttentionBlock(dim=64, num_heads=2, window_size=4).eval()
     image, query = torch.randn(1, 64, 4, 4) * 3 + 1, torch.randn(1, 64, 4, 4)

@@ -32,7 +32,7 @@ def tiny_btn():
 
 
 def test_paper_shapes(paper_btn):
-    """S_l, F_MLA, E ∈ R^{B×N×49} and the three heads (models.md §1.6, §3.2–3.3)."""
+    """S_l, F_MLA, E ∈ R^{B×N×49} and the three heads (docs/models.md#btn)."""
     captured = {}
     paper_btn.batch_transformer.embed.register_forward_hook(lambda m, i, o: captured.update(E=o.flatten(2)))
     images = torch.randn(2, 3, 224, 224)

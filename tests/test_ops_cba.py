@@ -48,7 +48,7 @@ def assert_all_close(actual, expected, dtype=torch.float32):
         torch.testing.assert_close(a, e, atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}")
 
 
-# ---------------------------------------------------------------- reference (kernels.md §1.6)
+# ---------------------------------------------------------------- reference
 
 
 def test_reference_matches_naive_double_loop():
@@ -73,7 +73,7 @@ def test_reference_gradcheck_float64(scale):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_gradients_match_closed_form_with_tied_query_and_key(backend):
-    """kernels.md §1.3, with F = q = k as in BTN: dv_n = A_nᵀ g_n, dF_n = s (dZ_n + dZ_nᵀ) F_n."""
+    """dv_n = A_nᵀ g_n, dF_n = s (dZ_n + dZ_nᵀ) F_n, F = q = k (docs/kernels.md#class-batch-attention-cba)."""
     features, _, values = make_inputs(
         6, 3, 5, dtype=torch.float64 if backend == "reference" else torch.float32
     )

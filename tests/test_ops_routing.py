@@ -66,7 +66,7 @@ def fp32_reference(q, k, v, route_idx, regions):
 
 
 def dense_masked_attention(q, k, v, route_idx, regions, scale):
-    """Full attention over all tokens with -inf outside the routed regions (kernels.md §2.6, test only)."""
+    """Full attention over all tokens with -inf outside the routed regions (test only)."""
     batch, _heads, height, width, _ = q.shape
     region_of = (
         (torch.arange(height)[:, None] // (height // regions)) * regions

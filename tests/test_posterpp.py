@@ -1,4 +1,4 @@
-"""POSTER++: the shape trace of models.md §1.6, size and compute against the official model (Appendix),
+"""POSTER++: the shape trace of docs/models.md#the-poster-body, size and compute against the official model,
 checkpoints through the constructor, training, and the CLI on synthetic data."""
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def test_paper_parameter_count_matches_the_official_model_minus_dead_modules(num
     body = PosterBody(num_classes)
     total = count_parameters(body)
     assert total == {7: 43_753_941, 8: 43_754_710}[num_classes]
-    # models.md Appendix: the official module has exactly our modules plus the dead ones.
+    # The official module has exactly our modules plus the dead ones.
     assert total + sum(OFFICIAL_DEAD.values()) == official
     # Frozen MobileFaceNet trunk (the official 1.01 M includes the 96 k GDC head).
     assert total - count_parameters(body, trainable_only=True) == 911_232
@@ -114,8 +114,8 @@ def test_paper_macs_match_the_official_count_at_112_and_224():
     body = PosterBody(7)
     by_module = macs_by_module(body, (1, 3, 224, 224), depth=2)
     total = count_macs(body, (1, 3, 112, 112))
-    assert total == sum(by_module.values()) == 8_592_404_224  # official: 8.59 GMACs (models.md Appendix)
-    # ViT blocks, kernels.md §4.3: 12·T·D² (qkv, proj, MLP) + 2·T²·D (attention), T = 148, D = 768.
+    assert total == sum(by_module.values()) == 8_592_404_224  # official module: 8.59 GMACs
+    # ViT blocks: 12·T·D² (qkv, proj, MLP) + 2·T²·D (attention), T = 148, D = 768.
     assert by_module["vit.blocks"] == 2 * (12 * 148 * 768**2 + 2 * 148**2 * 768)
     # Level-1 cross-attention, T = 784, C = 64: K,V 2TC² + Q·K and A·V 2T²C + proj TC² + MLP 8TC².
     assert by_module["cross_attention.0"] == 11 * 784 * 64**2 + 2 * 784**2 * 64

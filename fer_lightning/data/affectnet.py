@@ -1,4 +1,4 @@
-"""AffectNet, 7 or 8 classes, read from either release as it ships (data.md §3).
+"""AffectNet, 7 or 8 classes, read from either release as it ships (docs/datasets.md#affectnet).
 
 * **CSV release** (the original): ``Manually_Annotated_file_lists/{training,validation}.csv`` and
   ``Manually_Annotated_Images/<subDirectory>/<file>``; pictures are cropped to the row's face box.

@@ -1,4 +1,4 @@
-"""FER2013 (Kaggle's ``fer2013.csv``) with its own labels or Microsoft's FER+ re-annotation (data.md §5–6).
+"""FER2013 (Kaggle's ``fer2013.csv``) with its own or Microsoft's FER+ labels (docs/datasets.md#fer2013).
 
 ``fer2013.csv`` holds one 48×48 grey face per row as 2,304 space-separated pixel values, the FER2013
 label and a ``Usage`` column (Training / PublicTest / PrivateTest). FER+ (``fer2013new.csv``) gives the

@@ -1,5 +1,5 @@
 """What each dataset's on-disk format fixes: class names in the dataset's own id order, file and folder
-names, CSV headers (data.md §1–6). The readers and the synthetic writers both take them from here, so
+names, CSV headers (docs/datasets.md). The readers and the synthetic writers both take them from here, so
 a reader always parses exactly what a writer writes."""
 
 from __future__ import annotations

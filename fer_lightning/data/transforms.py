@@ -2,7 +2,7 @@
 
 Every pipeline takes an RGB uint8 HWC array and returns a float32 CHW tensor. Erasing sits after
 Normalize (so its fill of 0 is the dataset mean, as torchvision's RandomErasing after Normalize) and
-before ToTensorV2 (albumentations' dropout transforms fail on tensors; data.md §10).
+before ToTensorV2 (albumentations' dropout transforms fail on tensors; docs/datasets.md#augmentation-recipes).
 """
 
 from __future__ import annotations

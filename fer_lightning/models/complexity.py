@@ -1,4 +1,4 @@
-"""Parameter and compute counts, in the package's convention (kernels.md §4.2, models.md §8 rule 5).
+"""Parameter and compute counts, in the package's convention (docs/models.md#size-and-compute).
 
 Compute is reported in **MACs** (multiply-accumulates). It is measured with
 ``torch.utils.flop_counter.FlopCounterMode``, which counts matmuls, convolutions and attention at

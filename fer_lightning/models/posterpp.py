@@ -1,4 +1,4 @@
-"""POSTER++ (POSTER V2; Mao et al., arXiv 2301.12149), the baseline of BTN (models.md §2).
+"""POSTER++ (POSTER V2; Mao et al., arXiv 2301.12149), the baseline of BTN (docs/models.md#posterpp).
 
 The network is the shared :class:`~fer_lightning.models.backbones.PosterBody`: IR-50 image features and
 frozen MobileFaceNet landmark queries at three levels, global cross-attention per level, the
@@ -6,7 +6,8 @@ frozen MobileFaceNet landmark queries at three levels, global cross-attention pe
 recipe's SAM around Adam and ExponentialLR are :class:`~fer_lightning.models.base.FERClassifier`
 options (``sam_rho``, ``optimizer``, ``scheduler``), set in the ``posterpp_*`` configs.
 
-Deviations from the official code, each with the upstream behaviour behind a flag (models.md §8 rule 6):
+Deviations from the official code, each with the upstream behaviour behind a flag
+(docs/models.md#deviations-from-the-official-code):
 the landmark net stays in eval mode (``landmark_bn_mode="train_upstream"`` for upstream); the IR-50
 checkpoint must load completely (upstream silently loads only its stem); dead modules are not built.
 """

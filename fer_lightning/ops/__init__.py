@@ -2,7 +2,7 @@
 
 Each op has a plain-PyTorch reference, an exact fast path that needs only torch, and Triton kernels
 (optional: without Triton installed everything but ``backend="triton"`` works). See
-``shared/design/kernels.md`` for the math and the kernel design.
+``docs/kernels.md`` for the math and the kernel design.
 """
 
 from .bra import region_attention, route_regions, routing_attention

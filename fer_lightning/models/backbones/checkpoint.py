@@ -1,4 +1,4 @@
-"""Strict loading of published backbone checkpoints (models.md §1.7, §8 rule 4).
+"""Strict loading of published backbone checkpoints (docs/models.md#loading-backbone-checkpoints).
 
 Each backbone file has one renaming function per published key layout (timm's ``checkpoint_filter_fn``
 idea): it maps the published names onto ours and says which published tensors are deliberately dropped

@@ -1,4 +1,4 @@
-"""IR-50, the ArcFace image branch of POSTER++/BTN: stem and the first three stages (models.md §1.2).
+"""IR-50 (ArcFace), the image branch of POSTER++/BTN: stem and stages 1–3 (docs/models.md#the-poster-body).
 
 Built as face.evoLVe's ``Backbone(…, 'ir')`` with ``bottleneck_IR`` units (Deng et al., ArcFace), but
 only up to the 256-channel stage: at 112×112 input it returns the 56/28/14-pixel stage maps the
@@ -134,7 +134,7 @@ def _rename_common(key: str) -> str | None:
 def ir50_v1_filter(
     state_dict: dict[str, torch.Tensor], depths: tuple[int, int, int] = IR50_DEPTHS
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """face.evoLVe / POSTER V1 names → ours (models.md §1.7 [design] rule 2).
+    """face.evoLVe / POSTER V1 names → ours (docs/models.md#loading-backbone-checkpoints).
 
     ``body.i`` → stage1.i for i < 3, stage2.(i−3) for i < 7, stage3.(i−7) for i < 21 (with IR-50
     depths); units past the third stage (``body.21``–``body.23``) and ``output_layer.*`` are dropped.

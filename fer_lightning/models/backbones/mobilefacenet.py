@@ -1,4 +1,4 @@
-"""MobileFaceNet, the frozen landmark branch of POSTER++/BTN (models.md §1.3).
+"""MobileFaceNet, the frozen landmark branch of POSTER++/BTN (docs/models.md#the-poster-body).
 
 The network is ``MobileFaceNet([112, 112], 136)`` of the ``pytorch_face_landmark`` project (a 68-point
 landmark regressor; Chen et al., MobileFaceNets), which POSTER++ uses only for three intermediate maps:
@@ -139,7 +139,7 @@ class MobileFaceNet(nn.Module):
 
 
 class FrozenLandmarkNet(nn.Module):
-    """A :class:`MobileFaceNet` with frozen parameters that stays in eval mode (models.md §1.3, §8 rule 4).
+    """A :class:`MobileFaceNet` with frozen parameters that stays in eval mode.
 
     Upstream bug (POSTER V2, reproduced with ``bn_mode="train_upstream"``): the landmark net's parameters
     get ``requires_grad=False`` but the module follows the parent into train mode, so its BatchNorm layers
@@ -154,7 +154,7 @@ class FrozenLandmarkNet(nn.Module):
         net: the landmark network (its parameters are frozen here).
         bn_mode: ``"eval"`` or ``"train_upstream"``.
 
-    Shapes: as :class:`MobileFaceNet`.
+    Shapes: as :class:`MobileFaceNet`. Why: docs/models.md#deviations-from-the-official-code.
     """
 
     def __init__(self, net: MobileFaceNet, bn_mode: BNMode = "eval") -> None:

@@ -1,4 +1,4 @@
-"""The POSTER++ two-branch body, shared by POSTER++ and BTN (models.md §1; Mao et al., arXiv 2301.12149).
+"""The POSTER++ two-branch body, shared by POSTER++ and BTN (Mao et al., arXiv 2301.12149).
 
     images (B, 3, 224, 224) ─ resize to 112 ─┬─ IR-50 stages ─ conv1/2/3 (3×3, s2) ─→ F₁, F₂, F₃   (image)
                                              └─ MobileFaceNet (frozen) ─→ L₁, L₂, last_face_conv(·) = L₃
@@ -6,12 +6,13 @@
     tokens = [embed₁(S₁), embed₂(S₂), embed₃(S₃)]   3 × 49 tokens of width D
     logits = head(SE(ViT([CLS; tokens] + pos)[CLS]))
 
-Shapes of the paper variant (§1.6): F_l, L_l, S_l = (B, 64, 28, 28), (B, 128, 14, 14), (B, 256, 7, 7);
+Shapes of the paper variant: F_l, L_l, S_l = (B, 64, 28, 28), (B, 128, 14, 14), (B, 256, 7, 7);
 tokens (B, 147, 768), with CLS (B, 148, 768); logits (B, N).
 
 The official code's dead modules (IR-50 ``output_layer``, the GDC landmark head, the ViT's
 ``patch_embed``/``CON1``/``IRLinear1/2``/``eca_block``/per-block ``conv``) are not built, so the
 parameter count here is the count of what runs (see :mod:`fer_lightning.models.complexity`).
+Options, shapes and deviations from the official code: docs/models.md#the-poster-body.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ INTERPOLATE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
 
 
 class CrossAttentionBlock(nn.Module):
-    """Global cross-attention from a query map into an image map, then an MLP (models.md §1.4).
+    """Global cross-attention of a query map into an image map, then an MLP (docs/models.md#the-poster-body).
 
     Upstream calls it window attention (``WindowAttentionGlobal`` + ``feedforward``), but the window is
     the whole map, so every query attends to every image position. Per sample, with X the image tokens
@@ -56,7 +57,7 @@ class CrossAttentionBlock(nn.Module):
         S = U + DropPath(γ₂ ⊙ MLP(LayerNorm(U)))  MLP ratio 4, GELU; γ₁, γ₂ layer scales
 
     Convention: both inputs and the output are maps (B, C, H, W) with H = W = ``window_size``. In
-    POSTER++ the image side is F_l and the query side L_l; BTN's MLA (§3.2) calls it with the image
+    POSTER++ the image side is F_l and the query side L_l; BTN's MLA (eqs. 1–2) calls it with the image
     side conv_a(S₁) and the query side S₂.
 
     Args:
@@ -144,7 +145,7 @@ def _relative_position_index(window_size: int) -> torch.Tensor:
 
 
 class PyramidTokenEmbedding(nn.Module):
-    """Each level map S_l → tokens on the coarsest level's grid, concatenated on the token axis (§1.5).
+    """Each level map S_l → tokens on the coarsest level's grid, concatenated on the token axis.
 
     A level whose map is 2^k times the coarsest side gets k 3×3 stride-2 convs (padding 1, no
     activation between them); the coarsest level gets a 1×1 conv (upstream's ``PatchEmbed``). Paper:
@@ -189,7 +190,7 @@ class SEGate(nn.Module):
 
 
 class FusionViT(nn.Module):
-    """CLS + learned positions → pre-norm ViT blocks → LayerNorm → CLS → SE gate → Linear (§1.5).
+    """CLS + learned positions → pre-norm ViT blocks → LayerNorm → CLS → SE gate → Linear.
 
     Upstream: depth 2, 8 heads (head dim 96), MLP ratio 4, qkv bias, LayerNorm eps 1e-6, no dropout or
     drop-path; returns logits. Shapes: tokens (B, T, D) → logits (B, N).
@@ -260,7 +261,7 @@ class PosterBodyConfig:
 
 
 POSTER_BODY_VARIANTS: dict[str, PosterBodyConfig] = {
-    # The official POSTER++ sizes (models.md §1.2–1.5).
+    # The official POSTER++ sizes (docs/models.md#the-poster-body).
     "paper": PosterBodyConfig(
         ir_depths=(3, 4, 14),
         ir_widths=(64, 128, 256),
@@ -276,7 +277,7 @@ POSTER_BODY_VARIANTS: dict[str, PosterBodyConfig] = {
     # substitute for the paper model in results. The IR stages keep 13 of IR-50's 21 units: an IR unit
     # has a single PReLU (initial slope 0.25, nearly linear), and with (1, 1, 2) units a randomly
     # initialised body stayed at majority-class accuracy on the synthetic faces for 1,200 steps, while
-    # (3, 4, 6) reached 58 % test accuracy in the same steps (Adam 3e-4, batch 32; issue 5 notes).
+    # (3, 4, 6) reached 58 % test accuracy in the same steps (Adam 3e-4, batch 32).
     "tiny": PosterBodyConfig(
         ir_depths=(3, 4, 6),
         ir_widths=(16, 32, 64),
@@ -292,7 +293,7 @@ POSTER_BODY_VARIANTS: dict[str, PosterBodyConfig] = {
 
 
 class PosterBody(nn.Module):
-    """The POSTER++ network minus the loss: images → levels S₁..S₃ → logits (models.md §1, §2.1).
+    """The POSTER++ network minus the loss: images → levels S₁..S₃ → logits (docs/models.md#the-poster-body).
 
     Args:
         num_classes: N, the size of the ViT head.
@@ -345,14 +346,14 @@ class PosterBody(nn.Module):
         self.embed_dim = config.embed_dim
 
         self.ir50 = IR50(config.ir_depths, config.ir_widths)
-        # conv1/2/3 upstream: 3×3 stride-2 convs giving F₁..F₃ at half the stage resolution (§1.2).
+        # conv1/2/3 upstream: 3×3 stride-2 convs giving F₁..F₃ at half the stage resolution.
         self.image_convs = nn.ModuleList(
             [nn.Conv2d(dim, dim, 3, stride=2, padding=1) for dim in self.level_dims]
         )
         self.landmark_net = FrozenLandmarkNet(
             MobileFaceNet(config.landmark_channels, config.landmark_depths), bn_mode=landmark_bn_mode
         )
-        # Trainable 512 → 256 conv turning conv_6_sep into the level-3 query L₃ (§1.3).
+        # Trainable 512 → 256 conv turning conv_6_sep into the level-3 query L₃.
         self.last_face_conv = nn.Conv2d(config.landmark_channels[2], self.level_dims[2], 3, padding=1)
         drop_path = torch.linspace(0, config.drop_path_max, config.drop_path_steps)[:3].tolist()
         self.cross_attention = nn.ModuleList(
@@ -409,7 +410,7 @@ class PosterBody(nn.Module):
             )
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) → (B, 3, 112, 112) with ``interpolate_mode`` (§1.1); 112×112 input is returned as is."""
+        """(B, 3, H, W) → (B, 3, 112, 112) with ``interpolate_mode``; 112×112 input is returned as is."""
         size = (self.input_size, self.input_size)
         if tuple(images.shape[-2:]) == size:
             return images

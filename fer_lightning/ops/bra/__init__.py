@@ -1,10 +1,11 @@
-"""Top-k region routing attention (BiFormer's bi-level routing attention, "BRA", kernels.md §2).
+"""Top-k region routing attention (BiFormer's bi-level routing attention, "BRA").
 
 Public functions: :func:`route_regions`, :func:`region_attention` and :func:`routing_attention` (the
 two in sequence). The "triton" backend and the streaming "fast" algorithm run
 through the custom op ``fer_lightning::routed_attention`` registered here, so they work under autograd
 and inside ``torch.compile``; the "fast" backend's dense-with-mask algorithm and the "reference"
-backend (BiFormer's gather formulation) are plain differentiable PyTorch.
+backend (BiFormer's gather formulation) are plain differentiable PyTorch. The math and the backends:
+docs/kernels.md#region-routing-attention.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def region_attention(
     scale: float | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Attention of every query token to the tokens of its region's routed key regions (kernels.md §2.2).
+    """Attention of every query token to the tokens of its region's routed key regions.
 
     Args:
         q, k: (B, heads, H, W, d); v: (B, heads, H, W, d_v). H and W divisible by ``regions``.

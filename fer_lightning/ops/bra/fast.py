@@ -1,13 +1,14 @@
-"""Exact region attention on any device with plain PyTorch, without BiFormer's gather (kernels.md §2.4).
+"""Exact region attention in plain PyTorch, without BiFormer's gather (docs/kernels.md#backends).
 
 Two exact algorithms; :func:`prefer_dense_masked` picks one from the shape:
 
 - Streaming (:func:`forward`/:func:`backward`, run as the ``fer_lightning::routed_attention`` custom op):
-  kernels.md §2.5 steps 3–4 in chunks of query regions rather than in one fused kernel. Computed in fp32,
+  the Triton kernels' algorithm in chunks of query regions rather than in one fused kernel. Computed in fp32,
   returned in the input dtype; same signatures as the Triton ``forward``/``backward``.
-- Dense with a block mask (:func:`region_attention_dense_masked`): kernels.md §2.2's "equivalent dense
-  form" through PyTorch's fused SDPA kernel. It does S²/topk times the arithmetic but no copies, and on
-  CPU it is the faster of the two once many regions are routed, the sooner the smaller the windows.
+- Dense with a block mask (:func:`region_attention_dense_masked`): the equivalent dense form
+  (docs/kernels.md#region-routing-attention) through PyTorch's fused SDPA kernel. It does S²/topk
+  times the arithmetic but no copies, and on CPU it is the faster of the two once many regions are
+  routed, the sooner the smaller the windows.
 
 How the streaming algorithm spends its time, and why it is built this way. The arithmetic (seven small
 matmuls per query region: two forward, five backward) is what is left once data movement is cut, so
@@ -15,7 +16,7 @@ the design is about copies:
 
 - Chunks of query regions, all ``topk`` routed regions at once. Each chunk copies the routed key/value
   regions of its query regions into scratch buffers (the gather reference does this for all query
-  regions at once, ``topk``-fold, kernels.md §2.4) and runs plain softmax attention on them: batched
+  regions at once, ``topk``-fold) and runs plain softmax attention on them: batched
   matmuls as large as the chunk, no online-softmax rescaling, and every intermediate stays in cache.
   Chunks hold about :data:`_CHUNK_BYTES` of scratch, so memory is O(chunk), not O(topk·N). (Measured:
   16 MB beats 4 MB by ~10%, per-op overhead, and 64 MB by ~25%, out of cache; 1 MB is 1.5× slower.)
@@ -27,7 +28,7 @@ the design is about copies:
 - dK and dV are added into their final-layout fp32 buffers with ``index_add_`` over the same window
   rows, once per chunk. On 2-D contiguous rows this is PyTorch's sorted, parallel scatter-add: about 3×
   faster than ``index_put_(accumulate=True)`` and within 2× of a plain copy, with no topk- or S²-fold
-  buffer (kernels.md §2.4). Routed regions listed twice are added twice, as in the gather reference.
+  buffer. Routed regions listed twice are added twice, as in the gather reference.
 - Scratch buffers are allocated once per call and reused by every chunk: an allocation this large is
   fresh pages from the OS, and touching them the first time costs about as much as a copy.
 - Logits are computed transposed, as (routed keys × query tokens) = K̃ (s·Q)ᵀ: with few query tokens
@@ -294,7 +295,7 @@ def backward(
     """Gradients of :func:`forward` with respect to q, k and v (same shapes and dtypes as those).
 
     With P = softmax(scale·Q K̃ᵀ) recomputed from the log-sum-exp, and Δ = rowsum(dO ⊙ O):
-    dṼ = Pᵀ dO, dS = P ⊙ (dO Ṽᵀ − Δ), dQ = scale·dS K̃, dK̃ = scale·dSᵀ Q (kernels.md §2.5 step 4);
+    dṼ = Pᵀ dO, dS = P ⊙ (dO Ṽᵀ − Δ), dQ = scale·dS K̃, dK̃ = scale·dSᵀ Q;
     dK̃ and dṼ are added into the regions they were read from. All (keys × queries) blocks are the
     transposes of these, as in the forward.
     """

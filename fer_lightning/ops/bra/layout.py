@@ -1,9 +1,10 @@
-"""Region-major layout of a (B, heads, H, W, d) token grid, and region routing (kernels.md §2.2).
+"""Region-major layout of a (B, heads, H, W, d) token grid, and region routing.
 
 The H×W grid is split into ``regions × regions`` windows of ``region_h × region_w`` tokens. Windows are
 numbered row-major over the grid (window r covers rows ``(r // regions) * region_h ...`` and columns
 ``(r % regions) * region_w ...``) and tokens row-major inside their window; the Triton kernels compute
-the same numbering from strides instead of copying to this layout.
+the same numbering from strides instead of copying to this layout. Routing is described in
+docs/kernels.md#region-routing-attention.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def region_descriptors(x: torch.Tensor, regions: int) -> torch.Tensor:
 
 @torch.no_grad()
 def route_regions(q: torch.Tensor, k: torch.Tensor, regions: int, topk: int) -> torch.Tensor:
-    """Top-k key regions of every query region (kernels.md §2.2 steps 3–4; no gradient).
+    """Top-k key regions of every query region (no gradient).
 
     Args:
         q, k: (B, heads, H, W, d); H and W divisible by ``regions``.

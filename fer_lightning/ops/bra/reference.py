@@ -1,10 +1,10 @@
-"""Reference region attention: BiFormer's gather formulation in plain PyTorch (kernels.md §2.2, §2.6).
+"""Reference region attention: BiFormer's gather formulation in plain PyTorch (docs/kernels.md#backends).
 
 This is the definition the other backends are tested against, and deliberately the algorithm that
 BiFormer users run today, so that the benchmarks compare with it: the routed key/value regions are
 gathered out of a view of K and V expanded over the query regions. That costs ``topk`` copies of K and
 V in the forward, and the gather's backward allocates zeros the size of the expanded view — S² times K
-and V (kernels.md §2.4).
+and V.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def gather_routed_regions(x: torch.Tensor, route_idx: torch.Tensor, regions: int
 def region_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, route_idx: torch.Tensor, regions: int, scale: float
 ) -> torch.Tensor:
-    """Routed attention by gathering K and V (kernels.md §2.2 step 5).
+    """Routed attention by gathering K and V.
 
     Args:
         q, k: (B, heads, H, W, d); v: (B, heads, H, W, d_v).

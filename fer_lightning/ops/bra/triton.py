@@ -1,11 +1,11 @@
-"""Triton kernels for routed attention, forward and backward (kernels.md §2.5).
+"""Triton kernels for routed attention, forward and backward (docs/kernels.md#backends).
 
 The problem they solve, per (image b, head h): query tokens are grouped in windows ("regions") of a
 grid, and every query region r attends to the concatenated tokens of the key regions listed in
 ``route[b, r, :]``. Region attention is this with S×S windows; class batch attention is the special case
 of one window holding the whole batch, routed to itself (see ``ops/cba/triton.py``).
 
-Design (kernels.md §2.5):
+Design:
 - No copies: a kernel walks the routed token list ``slot · w² + token`` in blocks of BLOCK_N columns and
   computes each column's address from the routing index and the tensor strides, so neither a
   region-major copy nor the topk-fold gather of K/V is made. Tiny windows (2×2) pack several routed

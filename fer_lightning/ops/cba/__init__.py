@@ -1,8 +1,9 @@
-"""Class batch attention (CBA): BTN's per-class attention along the batch axis (kernels.md §1).
+"""Class batch attention (CBA): BTN's per-class attention along the batch axis.
 
 Backends: "reference" (plain PyTorch, materialises the (N, B, B) logits), "fast" (fused
 ``scaled_dot_product_attention``), "triton" (the routed-attention kernels with one region spanning the
 batch, run as the ``fer_lightning::routed_attention`` custom op) and "auto".
+The math and the backends: docs/kernels.md#class-batch-attention-cba.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def class_batch_attention(
     """out[i, n] = Σ_j softmax_j(scale · ⟨q[i, n, :], k[j, n, :]⟩) · v[j, n].
 
     Mixes samples across the batch (each image attends to every image of the batch, class by class), so
-    it is for training only (kernels.md §1.5). In BTN q and k are the same tensor; gradients then add.
+    it is for training only. In BTN q and k are the same tensor; gradients then add.
 
     Args:
         q, k: (B, N, D): N classes, D features per class (49 in BTN).

@@ -1,4 +1,4 @@
-"""Class batch attention through ``scaled_dot_product_attention`` (the exact fast path; kernels.md §1.2).
+"""CBA through ``scaled_dot_product_attention``, the exact fast path (docs/kernels.md#backends).
 
 CBA is ordinary attention with N heads (classes), B tokens (images), head dim D and value dim 1.
 PyTorch's fused CPU kernel (flash attention for CPU, with its own backward) streams over key blocks with

@@ -1,4 +1,4 @@
-"""Reference class batch attention in plain PyTorch (kernels.md §1.2): the definition of the op."""
+"""Reference class batch attention in plain PyTorch: the definition of the op."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 def class_batch_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """out[i, n] = Σ_j softmax_j(scale · ⟨q[i, n], k[j, n]⟩) · v[j, n]  (BTN's CBA, kernels.md §1.1).
+    """out[i, n] = Σ_j softmax_j(scale · ⟨q[i, n], k[j, n]⟩) · v[j, n]  (BTN's CBA, eqs. 4–5 and 7).
 
     Args:
         q, k: (B, N, D) per-class features; v: (B, N) class scores.
