@@ -1,11 +1,19 @@
-"""ImbalancedDatasetSampler: balanced, seeded, new each epoch, disjoint DDP shares."""
+"""Samplers: the imbalanced draw and the training shuffle (seeded per epoch, disjoint DDP shares), and the
+DDP evaluation shards (each sample exactly once)."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from torch.utils.data import SequentialSampler
 
-from fer_lightning.data.samplers import ImbalancedDatasetSampler
+from fer_lightning.data import RAFDBDataModule
+from fer_lightning.data.samplers import EpochShuffleSampler, EvaluationShardSampler, ImbalancedDatasetSampler
+from fer_lightning.data.synthetic import write_synthetic
+from fer_lightning.errors import ConfigurationError
 
 # 7 classes, heavily skewed like AffectNet (Happy ≫ Disgust).
 SKEWED_LABELS = np.repeat(np.arange(7), [3000, 1500, 600, 300, 150, 60, 30])
@@ -50,3 +58,89 @@ def test_labels_are_not_reread_and_bad_labels_fail():
     assert sampler.weights.tolist() == [0.5, 0.5, 1.0]
     with pytest.raises(ValueError, match="non-negative"):
         ImbalancedDatasetSampler([0, -1])
+
+
+# ---- training order: a function of (seed, epoch) only --------------------------------------------
+
+
+def _epoch_order(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_shuffle_order_depends_on_seed_and_epoch_only():
+    sampler = EpochShuffleSampler(range(50), seed=7)
+    epoch0 = _epoch_order(sampler, 0)
+    assert sorted(epoch0) == list(range(50))
+    torch.manual_seed(123)  # the global RNG does not enter: a resumed run or another rank sees the same
+    assert _epoch_order(EpochShuffleSampler(range(50), seed=7), 0) == epoch0
+    assert _epoch_order(sampler, 1) != epoch0
+    assert _epoch_order(sampler, 0) == epoch0  # set_epoch back: the same order again
+    # Seed and epoch are hashed, not added: seed 8 at epoch 0 is not seed 7 at epoch 1.
+    assert _epoch_order(EpochShuffleSampler(range(50), seed=8), 0) != _epoch_order(sampler, 1)
+    assert len(sampler) == 50
+
+
+@pytest.mark.parametrize(
+    "make_sampler",
+    [
+        lambda: EpochShuffleSampler(range(41), seed=3),
+        lambda: ImbalancedDatasetSampler(SKEWED_LABELS[::100], seed=3),
+    ],
+    ids=["shuffle", "imbalanced"],
+)
+def test_lightning_ddp_wrapper_gives_disjoint_shares_new_each_epoch(make_sampler):
+    """What Lightning does under DDP: each rank wraps its own sampler and calls set_epoch on the wrapper."""
+    orders = {}
+    for epoch in (0, 1):
+        shares, positions = [], []
+        for rank in range(2):
+            wrapper = DistributedSamplerWrapper(
+                make_sampler(), num_replicas=2, rank=rank, shuffle=True, seed=0
+            )
+            wrapper.set_epoch(epoch)
+            assert wrapper.dataset._sampler.epoch == epoch  # set_epoch reaches our sampler
+            positions.append(list(super(DistributedSamplerWrapper, wrapper).__iter__()))
+            shares.append(list(wrapper))
+        full = _epoch_order(make_sampler(), epoch)
+        # Disjoint positions of the epoch's list, covering it (the last one repeats to even out training).
+        assert len(set(positions[0]) & set(positions[1])) <= 1
+        assert set(positions[0]) | set(positions[1]) == set(range(len(full)))
+        assert shares == [[full[p] for p in rank_positions] for rank_positions in positions]
+        orders[epoch] = shares
+    assert orders[0] != orders[1]
+
+
+# ---- evaluation under DDP: every sample exactly once -----------------------------------------------
+
+
+def test_evaluation_shards_cover_the_split_exactly_once():
+    shards = [list(EvaluationShardSampler(range(9), num_replicas=2, rank=rank)) for rank in range(2)]
+    assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
+    assert [len(EvaluationShardSampler(range(9), num_replicas=2, rank=rank)) for rank in range(2)] == [5, 4]
+    three = [list(EvaluationShardSampler(range(10), num_replicas=3, rank=rank)) for rank in range(3)]
+    assert sorted(index for shard in three for index in shard) == list(range(10))
+
+
+def test_evaluation_split_smaller_than_world_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="1 samples cannot give each of 2 processes"):
+        EvaluationShardSampler(range(1), num_replicas=2, rank=0)
+
+
+def test_datamodule_loaders_use_the_seeded_and_sharded_samplers(tmp_path, monkeypatch):
+    write_synthetic("rafdb", tmp_path, num_images=45, seed=0, progress=False)
+    datamodule = RAFDBDataModule(root=str(tmp_path), batch_size=4, num_workers=0, img_size=32)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "11")  # what seed_everything(11) exports
+    train_loader = datamodule.train_dataloader()
+    assert isinstance(train_loader.sampler, EpochShuffleSampler) and train_loader.sampler.seed == 11
+    _set_sampler_epoch(train_loader, 3)  # what Lightning's fit loop calls before each epoch
+    assert train_loader.sampler.epoch == 3
+    assert train_loader.drop_last
+    assert isinstance(datamodule.test_dataloader().sampler, SequentialSampler)  # one process: in order
+
+    rank1 = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": 1})
+    datamodule.trainer = rank1
+    test_loader = datamodule.test_dataloader()
+    assert isinstance(test_loader.sampler, EvaluationShardSampler)
+    assert list(test_loader.sampler) == list(range(1, len(datamodule.datasets["test"]), 2))
+    assert not test_loader.drop_last

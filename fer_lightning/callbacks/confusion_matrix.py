@@ -32,11 +32,13 @@ class ConfusionMatrixPlot(Callback):
         return value > self.best if self.mode == "max" else value < self.best
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, split: str) -> None:
+        # trainer.log_dir is a broadcast from rank 0 under DDP: every rank must ask, and only once.
+        log_dir = trainer.log_dir
         confusion = getattr(pl_module, "last_confusion", {}).get(split)
-        if confusion is None or trainer.log_dir is None or not trainer.is_global_zero:
+        if confusion is None or log_dir is None or not trainer.is_global_zero:
             return
-        os.makedirs(trainer.log_dir, exist_ok=True)
-        stem = os.path.join(trainer.log_dir, f"confusion_matrix_{split}")
+        os.makedirs(log_dir, exist_ok=True)
+        stem = os.path.join(log_dir, f"confusion_matrix_{split}")
         counts = confusion.numpy()
         names = list(pl_module.class_names)
         # The figure falls back to the datamodule's glosses where the font has no glyphs (AI-Hub's

@@ -34,10 +34,15 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from fer_lightning.data.io import BadSampleError, FaceCrop, FaceCropper, read_rgb
-from fer_lightning.data.samplers import ImbalancedDatasetSampler
+from fer_lightning.data.samplers import (
+    EpochShuffleSampler,
+    EvaluationShardSampler,
+    ImbalancedDatasetSampler,
+    run_seed,
+)
 from fer_lightning.data.synthetic import default_cache_dir, ensure_synthetic_dataset
 from fer_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
@@ -293,7 +298,9 @@ class FERDataModule(L.LightningDataModule):
         sampler: ``shuffle`` or ``imbalanced`` (1 / class-frequency weights, seeded, DDP-safe).
         val_fraction: share of each training class carved out for validation when the dataset has no
             official validation split. Checkpoints are selected on it; test is reported separately.
-        split_seed: seed of that carve and of the sampler.
+        split_seed: seed of that carve. The training order (shuffled, or the imbalanced draw) is a
+            function of ``seed_everything``'s seed and the epoch, so a resumed run and every DDP rank
+            see the same one; under DDP validation and test see each sample exactly once.
         mean, std: normalisation statistics.
         synthetic_size, synthetic_seed: size and seed of the generated dataset used when root is unset.
         on_bad_sample: what bad input does (a malformed annotation row, a label out of range, a listed
@@ -468,9 +475,11 @@ class FERDataModule(L.LightningDataModule):
     def run_folder(self) -> Path | None:
         """The trainer's log folder; None outside a Trainer or when it logs nowhere (``fast_dev_run``)."""
         trainer = self.trainer
-        if trainer is None or trainer.fast_dev_run or trainer.logger is None or trainer.log_dir is None:
+        if trainer is None or trainer.fast_dev_run or trainer.logger is None:
             return None
-        return Path(trainer.log_dir)
+        # A broadcast from rank 0 under DDP: every rank calls run_folder() (in setup), and asks once.
+        log_dir = trainer.log_dir
+        return None if log_dir is None else Path(log_dir)
 
     def _bad_sample_log_path(self) -> Path:
         """``bad_samples.tsv`` in the run folder (one per DDP rank), else a temporary file."""
@@ -524,9 +533,6 @@ class FERDataModule(L.LightningDataModule):
             self.setup()
         dataset = self.datasets[split]
         batch_size = self.hparams.batch_size
-        sampler = None
-        if train and self.hparams.sampler == "imbalanced":
-            sampler = ImbalancedDatasetSampler(dataset.table.labels, seed=self.hparams.split_seed)
         if train and len(dataset) < batch_size:
             raise ValueError(
                 f"{self.DATASET_NAME}: the training split has {len(dataset)} images, fewer than one batch "
@@ -536,8 +542,7 @@ class FERDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
+            sampler=self._train_sampler(dataset) if train else self._evaluation_sampler(dataset),
             drop_last=train,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -545,6 +550,23 @@ class FERDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             collate_fn=collate_skipping_bad if self.hparams.on_bad_sample == "skip" else None,
         )
+
+    def _train_sampler(self, dataset: FERImageDataset) -> Sampler:
+        """This epoch's order, a function of (seed_everything's seed, epoch) only (see data/samplers.py).
+
+        Under DDP Lightning shards it across ranks (``DistributedSamplerWrapper``) and passes
+        ``set_epoch`` on to it.
+        """
+        if self.hparams.sampler == "imbalanced":
+            return ImbalancedDatasetSampler(dataset.table.labels, seed=run_seed())
+        return EpochShuffleSampler(dataset, seed=run_seed())
+
+    def _evaluation_sampler(self, dataset: FERImageDataset) -> Sampler | None:
+        """Under DDP, each rank's share of the split with every sample exactly once; else in order."""
+        shard = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if not shard or shard["num_replicas"] <= 1:
+            return None
+        return EvaluationShardSampler(dataset, num_replicas=shard["num_replicas"], rank=shard["rank"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

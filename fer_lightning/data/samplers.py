@@ -1,28 +1,89 @@
-"""Class-balanced sampling, seeded and DDP-safe (data.md §9).
+"""Samplers of the datamodule: seeded per-epoch training orders, and exact evaluation shards under DDP.
 
-POSTER++ and BTN train AffectNet with ``torchsampler.ImbalancedDatasetSampler``; this is our own
-version of that rule (weight = 1 / class frequency, drawn with replacement) without its defects: it
-takes the labels the datamodule already holds instead of re-reading the dataset, it is seeded, it draws
-anew each epoch through ``set_epoch``, and every DDP rank draws the *same* list so that Lightning's
-``DistributedSamplerWrapper`` hands each rank a disjoint share of it.
+Training orders are a function of ``(seed, epoch)`` only, never of the global RNG, for two reasons: a
+run resumed at epoch ``e`` sees the order it would have seen, and every DDP rank computes the *same*
+order, so that Lightning's sharding (``DistributedSamplerWrapper``, which it puts around any sampler
+that is not already a ``DistributedSampler``) hands each rank a disjoint part of it. Lightning forwards
+``set_epoch`` through that wrapper to our sampler; without DDP its fit loop calls ``set_epoch`` on the
+loader's sampler directly.
+
+Evaluation under DDP uses :class:`EvaluationShardSampler`: each sample exactly once over all ranks,
+where Lightning's default ``DistributedSampler`` would repeat samples to make the shards even.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+import os
+from collections.abc import Iterator, Sequence, Sized
 
+import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
+
+from fer_lightning.errors import ConfigurationError
+
+
+def run_seed() -> int:
+    """The seed given to ``seed_everything`` in this process (Lightning exports it as ``PL_GLOBAL_SEED``), else 0.
+
+    Lightning seeds its own ``DistributedSampler`` from the same variable.
+    """
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A torch generator determined by ``(seed, epoch)`` alone.
+
+    The pair is hashed (NumPy's ``SeedSequence``) instead of added, so that seed 1 at epoch 0 and
+    seed 0 at epoch 1 do not see the same order.
+    """
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(num_samples)`` that depends on ``(seed, epoch)`` only.
+
+    Replaces ``DataLoader(shuffle=True)``, whose ``RandomSampler`` draws from the global RNG (so a
+    resumed run, or another rank, would see another order). Call :meth:`set_epoch` before each epoch
+    (Lightning's fit loop does); under DDP Lightning wraps this sampler in ``DistributedSamplerWrapper``,
+    which forwards ``set_epoch`` and gives each rank a disjoint share of the permutation.
+
+    Args:
+        data_source: anything with ``len()`` (the dataset).
+        seed: the run's seed (:func:`run_seed`).
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+        self.num_samples = len(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.num_samples, generator=epoch_generator(self.seed, self.epoch))
+        return iter(order.tolist())
 
 
 class ImbalancedDatasetSampler(Sampler[int]):
     """Draw indices with probability proportional to 1 / count(label), with replacement.
 
+    POSTER++ and BTN train AffectNet with ``torchsampler.ImbalancedDatasetSampler``; this is our own
+    version of that rule without its defects: it takes the labels the datamodule already holds instead
+    of re-reading the dataset, and the draw of each epoch depends on ``(seed, epoch)`` only, so every DDP
+    rank draws the *same* list and Lightning's ``DistributedSamplerWrapper`` (which forwards
+    :meth:`set_epoch`) hands each rank a disjoint share of it.
+
     Args:
         labels: the class id of every sample, in dataset order.
         num_samples: indices per epoch; defaults to ``len(labels)`` (same epoch length as shuffling).
-        seed: the draw of epoch ``e`` uses a generator seeded with ``seed + e`` — never the global RNG,
-            which differs between DDP ranks.
+        seed: the run's seed (:func:`run_seed`); never the global RNG, which differs between DDP ranks.
     """
 
     def __init__(self, labels: Sequence[int], num_samples: int | None = None, seed: int = 0) -> None:
@@ -44,6 +105,32 @@ class ImbalancedDatasetSampler(Sampler[int]):
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        generator = epoch_generator(self.seed, self.epoch)
         draw = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)
         return iter(draw.tolist())
+
+
+class EvaluationShardSampler(DistributedSampler):
+    """Rank ``r`` of ``R`` gets samples ``r, r + R, r + 2R, …`` in order: every sample exactly once.
+
+    Lightning's ``DistributedSampler`` pads a split to a multiple of the world size by repeating
+    samples, so distributed validation and test metrics counted some samples twice. Here shard sizes
+    differ by at most one instead; the metrics' state sums (torchmetrics) then add up to exactly the
+    one-process counts. Being a ``DistributedSampler``, it is left in place by Lightning.
+
+    Every rank must get at least one sample (DDP synchronises buffers in the first forward pass of an
+    evaluation, which each rank must take part in), so the split needs at least ``num_replicas`` samples.
+    """
+
+    def __init__(self, dataset: Sized, num_replicas: int, rank: int) -> None:
+        if len(dataset) < num_replicas:
+            raise ConfigurationError(
+                f"an evaluation split of {len(dataset)} samples cannot give each of {num_replicas} "
+                "processes a sample; run validate/test on fewer devices (trainer.devices)"
+            )
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = math.ceil((len(dataset) - rank) / num_replicas)
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
