@@ -6,16 +6,11 @@ Imported only when one of those subcommands runs (see :mod:`fer_lightning.cli`).
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
-import sys
 import warnings
-from pathlib import Path
 
-import torch
 import yaml
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 # Every datamodule and model class is imported, so that subclass mode knows them by short name too.
 import fer_lightning.data.affectnet
@@ -24,24 +19,15 @@ import fer_lightning.data.fer2013
 import fer_lightning.data.rafdb
 import fer_lightning.models  # noqa: F401
 from fer_lightning.callbacks import ConfusionMatrixPlot, TrainingCurvesPlot, ValidationCheckpoint
-from fer_lightning.callbacks.random_state import EpochSeededRandomState
-from fer_lightning.cli import EXTRA_COMMANDS_HELP, debugging, run_folders
-from fer_lightning.cli.parse_errors import condense_parse_error
+from fer_lightning.cli import EXTRA_COMMANDS_HELP
 from fer_lightning.data import FERDataModule
-from fer_lightning.errors import ConfigurationError, WeightsError
 from fer_lightning.models import FERClassifier
 
 SELECTION_METRIC = "val/acc"
-#: What ``selection_metric`` can name: every model logs these on the validation split.
-SELECTION_METRICS = ("val/acc", "val/mean_class_acc", "val/macro_f1", "val/loss")
 
 # Lightning 2.6 + torch 2.14 print this on every step; it is theirs to fix and says nothing about the run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-# The dispatcher hands LightningCLI the command line on purpose (without our --debug), so the warning
-# about passing both args and sys.argv would greet every run.
-warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
-# POSTER++/BTN keep their frozen landmark network in eval mode on purpose
-# (docs/models.md#deviations-from-the-official-code).
+# POSTER++/BTN keep their frozen landmark network in eval mode on purpose (models.md §1.3).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
@@ -49,7 +35,7 @@ class FERSaveConfigCallback(SaveConfigCallback):
     """Save ``config.yaml`` into the run folder and, when a W&B logger is active, into the W&B run too.
 
     The CSV logger comes first in our defaults, so ``trainer.log_dir`` is a fresh ``version_N`` folder
-    per run; with W&B first it would be ``.`` and a second run would clash (docs/design.md#wb-offline).
+    per run; with W&B first it would be ``.`` and a second run would clash (tooling.md §2.6).
     """
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
@@ -59,84 +45,6 @@ class FERSaveConfigCallback(SaveConfigCallback):
                 logger.log_hyperparams({"config": config})
 
 
-#: Base class of each subclass-mode option, for "did you mean" on a misspelled class name.
-_SUBCLASS_BASES = {"model": FERClassifier, "data": FERDataModule}
-#: --ckpt_path values Lightning resolves itself rather than reading a file.
-_CKPT_PATH_KEYWORDS = ("last", "best", "hpc")
-
-
-class FERArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser, reporting a parse error as one line and where to look, not a usage dump."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error:  # jsonargparse probing an alternative: it catches this itself
-            return super().error(message, ex)
-        if debugging():
-            raise argparse.ArgumentError(None, message) from ex
-        parser = getattr(ex, "subcommand_parser", None) or self
-        command = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"error: {condense_parse_error(message, parser.suggest)}\nsee: {command} --help\n")
-        self.exit(2)
-
-    def suggest(self, kind: str, key: str) -> list[str]:
-        """Valid names for "did you mean" (see :data:`fer_lightning.cli.parse_errors.Suggest`)."""
-        options = [
-            option.removeprefix("--")
-            for action in self._actions
-            for option in action.option_strings
-            if option.startswith("--") and not option.endswith(".help")
-        ]
-        if kind == "argument":
-            return [f"--{option}" for option in options]
-        if kind == "group":
-            return [option for option in options if option.startswith(f"{key}.")]
-        if kind == "subclass" and key in _SUBCLASS_BASES:
-            return [cls.__name__ for cls in _all_subclasses(_SUBCLASS_BASES[key])]
-        if kind == "class":
-            return _init_options(key)
-        return []
-
-
-def _all_subclasses(cls: type) -> list[type]:
-    return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_subclasses(direct))]
-
-
-def _init_options(class_path: str) -> list[str]:
-    """The options jsonargparse accepts for ``class_path``'s init_args (an empty list if it cannot tell)."""
-    from jsonargparse import ArgumentParser
-
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_class_arguments(cls, "init", fail_untyped=False)
-    except Exception:  # only a suggestion: never hide the error being reported
-        return []
-    return [
-        option.removeprefix("--init.")
-        for action in parser._actions
-        for option in action.option_strings
-        if option.startswith("--init.") and not option.endswith((".help", "+"))
-    ]
-
-
-def read_checkpoint_hyperparameters(path: str) -> dict:
-    """The model's ``hyper_parameters`` of a Lightning checkpoint; a one-line :class:`WeightsError` if unreadable."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise WeightsError(
-            f"--ckpt_path {path}: not a Lightning checkpoint ({type(error).__name__}); pass a .ckpt "
-            "written by fer-lightning fit (in its run folder's checkpoints/)"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise WeightsError(
-            f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict); pass a .ckpt written by "
-            "fer-lightning fit, or give backbone weights to their model option (e.g. model.init_args.ir50_weights)"
-        )
-    return dict(checkpoint.get("hyper_parameters") or {})
-
-
 class FERCLI(LightningCLI):
     """LightningCLI with the dataset's classes linked into the model and a per-run folder."""
 
@@ -144,112 +52,16 @@ class FERCLI(LightningCLI):
         # Fixed per dataset and set in the datamodule's __init__, so they exist at instantiation.
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
-        parser.add_argument(
-            "--selection_metric",
-            type=str,
-            default=SELECTION_METRIC,
-            help=(
-                "validation metric that selects the best checkpoint and the validation confusion matrix: "
-                f"{', '.join(SELECTION_METRICS)} (or val/class_acc/<class>); losses are minimised, the rest "
-                "maximised. On an imbalanced validation split, val/mean_class_acc does not favour the "
-                "majority classes."
-            ),
-        )
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
-        check_selection_metric(config.selection_metric)
-        # One run, one folder: a run's checkpoint brings its own folder (see run_folders).
-        self._continued_run = None
-        run = run_folders.run_folder_of_checkpoint(config.get("ckpt_path"))
-        if run is None or self.subcommand == "predict":
-            return
-        folder = run if self.subcommand == "fit" else run / self.subcommand
-        if run_folders.point_csv_logger_at(config.trainer.logger, folder) and self.subcommand == "fit":
-            self._continued_run = run
-            # Lightning's note about writing into a non-empty checkpoint folder: here that is the point.
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-
-    def instantiate_trainer(self, **kwargs):
-        # The default callbacks watch the selection metric, known only now that the config is parsed.
-        selection_metric = self.config[self.subcommand].selection_metric
-        self.trainer_defaults["callbacks"] = trainer_defaults(selection_metric)["callbacks"]
-        return super().instantiate_trainer(**kwargs)
-
-    def before_fit(self) -> None:
-        if self._continued_run is None or not self.trainer.is_global_zero:
-            return
-        csv_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
-        if csv_logger is None:
-            return
-        ckpt_path = self.config[self.subcommand].ckpt_path
-        rows = run_folders.metrics_rows_before(
-            self._continued_run / "metrics.csv", run_folders.checkpoint_global_step(ckpt_path)
-        )
-        run_folders.continue_metrics_history(csv_logger, rows)
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        # A folder this process creates and leaves without a checkpoint (the run failed before training
-        # produced one) is removed, so failed attempts do not pile up as empty version_N folders.
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
-        created_here = log_dir is not None and not os.path.isdir(log_dir)
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException:
-            if created_here and self.trainer.is_global_zero:
-                run_folders.remove_if_empty_run(Path(log_dir))
-            raise
-
-    def __init__(self, *args, parser_class=FERArgumentParser, **kwargs) -> None:
-        super().__init__(*args, parser_class=parser_class, **kwargs)
 
     def init_parser(self, **kwargs):
-        kwargs.setdefault("prog", "fer-lightning")
         kwargs.setdefault("epilog", EXTRA_COMMANDS_HELP)
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         return super().init_parser(**kwargs)
 
-    def _parse_ckpt_path(self) -> None:
-        # Lightning replaces the configured model by the one saved in the checkpoint, and a wrong class
-        # count ends in a state-dict size-mismatch dump: say which checkpoint and what differs first.
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        self._checkpoint_hparams = {}
-        if ckpt_path and ckpt_path not in _CKPT_PATH_KEYWORDS and not str(ckpt_path).startswith("registry"):
-            if not Path(ckpt_path).is_file():
-                raise WeightsError(
-                    f"--ckpt_path {ckpt_path}: no such file; pass a .ckpt written by fer-lightning fit "
-                    "(e.g. runs/<name>/version_N/checkpoints/best-*.ckpt)"
-                )
-            self._checkpoint_hparams = read_checkpoint_hyperparameters(ckpt_path)
-            saved_class = self._checkpoint_hparams.get("_class_path")
-            configured = self.config[subcommand].get("model", {}).get("class_path")
-            if saved_class and configured and saved_class != configured:
-                raise WeightsError(
-                    f"--ckpt_path {ckpt_path} holds a {saved_class.rsplit('.', 1)[-1]} model but the config "
-                    f"builds {configured.rsplit('.', 1)[-1]}; use the config the checkpoint was trained with "
-                    "(config.yaml in its run folder)"
-                )
-        super()._parse_ckpt_path()
-
-    def after_instantiate_classes(self) -> None:
-        super().after_instantiate_classes()
-        saved_names = self._checkpoint_hparams.get("class_names")
-        if saved_names is not None and list(saved_names) != list(self.datamodule.class_names):
-            ckpt_path = self.config[self.subcommand].get("ckpt_path")
-            raise WeightsError(
-                f"--ckpt_path {ckpt_path} was trained on {len(saved_names)} classes ({', '.join(saved_names)}) "
-                f"but {type(self.datamodule).__name__} has {self.datamodule.num_classes} "
-                f"({', '.join(self.datamodule.class_names)}); use the checkpoint's dataset and class count"
-            )
-
     def after_fit(self) -> None:
         checkpoint = self.trainer.checkpoint_callback
         run_folder = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
-        if not self.trainer.is_global_zero or checkpoint is None:
-            return
-        if not checkpoint.best_model_path:
-            self._explain_missing_best_checkpoint(checkpoint)
+        if not self.trainer.is_global_zero or checkpoint is None or not checkpoint.best_model_path:
             return
         score = checkpoint.best_model_score
         score_text = f"{float(score):.4f}" if score is not None else "n/a"
@@ -259,42 +71,9 @@ class FERCLI(LightningCLI):
             f"test it with: fer-lightning test --config <same config> --ckpt_path {checkpoint.best_model_path}"
         )
 
-    def _explain_missing_best_checkpoint(self, checkpoint) -> None:
-        trainer = self.trainer
-        if trainer.fast_dev_run or trainer.interrupted:
-            return
-        if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
-            print(
-                f"\nno best checkpoint: training stopped at trainer.max_steps={trainer.max_steps} before any "
-                f"validation measured {checkpoint.monitor} (an epoch has {trainer.num_training_batches} "
-                "training batches); raise --trainer.max_steps past an epoch, or validate sooner with "
-                "--trainer.val_check_interval N (every N training batches)"
-            )
 
-
-def check_selection_metric(metric: str) -> None:
-    """Checkpoints are selected on validation metrics only; anything else is a configuration mistake."""
-    if metric in SELECTION_METRICS or metric.startswith("val/class_acc/"):
-        return
-    raise ConfigurationError(
-        f"selection_metric={metric!r} is not a validation metric; choose one of "
-        f"{', '.join(SELECTION_METRICS)} or val/class_acc/<class> (test metrics never select checkpoints)"
-    )
-
-
-def selection_mode(metric: str) -> str:
-    """Losses are minimised, accuracies and F1 maximised."""
-    return "min" if metric.endswith("loss") else "max"
-
-
-def trainer_defaults(selection_metric: str = SELECTION_METRIC) -> dict:
-    """Defaults every run gets: a CSV log per run, the best-on-validation checkpoint, confusion and curve plots.
-
-    ``selection_metric`` picks the best checkpoint (its file name says which metric, e.g.
-    ``best-epoch03-val_mean_class_acc0.4123.ckpt``) and the epoch of the validation confusion matrix.
-    """
-    mode = selection_mode(selection_metric)
-    metric_in_name = selection_metric.replace("/", "_")
+def trainer_defaults() -> dict:
+    """Defaults every run gets: a CSV log per run, the best-on-validation checkpoint, confusion and curve plots."""
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -302,15 +81,14 @@ def trainer_defaults(selection_metric: str = SELECTION_METRIC) -> dict:
         },
         "callbacks": [
             ValidationCheckpoint(
-                monitor=selection_metric,
-                mode=mode,
-                filename=f"best-epoch{{epoch:02d}}-{metric_in_name}{{{selection_metric}:.4f}}",
+                monitor=SELECTION_METRIC,
+                mode="max",
+                filename="best-epoch{epoch:02d}-val_acc{val/acc:.4f}",
                 auto_insert_metric_name=False,
                 save_last=True,
             ),
-            ConfusionMatrixPlot(monitor=selection_metric, mode=mode),
+            ConfusionMatrixPlot(monitor=SELECTION_METRIC, mode="max"),
             TrainingCurvesPlot(),
-            EpochSeededRandomState(),
         ],
     }
 
