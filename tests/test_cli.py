@@ -6,9 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from cli_helpers import finite_metrics, run_cli
 
 from fer_lightning.cli import main
+from fer_lightning.data.formats import RAFDB_CLASS_NAMES
 from fer_lightning.data.synthetic import MANIFEST_NAME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +51,17 @@ def test_make_synthetic_refuses_non_empty_folder(tiny_rafdb):
 
 
 def test_fit_fast_dev_run(tiny_rafdb, tmp_path):
-    main(["fit", *_small_run_args(tiny_rafdb, tmp_path, "--trainer.fast_dev_run=true")])
+    cli = run_cli(["fit", *_small_run_args(tiny_rafdb, tmp_path, "--trainer.fast_dev_run=true")])
+    assert (cli.trainer.global_step, cli.trainer.num_val_batches) == (1, [1])  # one batch of each
+    metrics = finite_metrics(
+        cli, "train/loss_epoch", "val/loss", "val/acc", "val/macro_f1", "val/class_acc/Fear"
+    )
+    assert 0.0 <= metrics["val/acc"] <= 1.0
+    # The dataset's classes reached the model (argument links), and the overrides took effect.
+    assert cli.model.class_names == list(cli.datamodule.class_names) == list(RAFDB_CLASS_NAMES)
+    assert (cli.datamodule.hparams.batch_size, cli.datamodule.hparams.img_size) == (8, 32)
+    images, labels = next(iter(cli.datamodule.val_dataloader()))
+    assert tuple(images.shape) == (8, 3, 32, 32) and labels.dtype == torch.int64
 
 
 def test_fit_then_validate_and_test_the_selected_checkpoint(tiny_rafdb, tmp_path):
