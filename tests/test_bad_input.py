@@ -7,6 +7,7 @@ DataLoader (worker) loads them, so those are counted through the run folder's ``
 
 import csv
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -238,7 +239,7 @@ def test_undecodable_images_are_skipped_counted_and_reported(written, tmp_path, 
     assert str(corrupt) in logged and str(truncated) in logged
 
 
-def test_cli_run_reports_skipped_images_in_the_run_folder(written, tmp_path, monkeypatch):
+def test_cli_run_reports_skipped_images_in_the_run_folder(written, tmp_path, monkeypatch, capsys):
     """The first validation batch holds a corrupt image: training goes on and the run folder lists it."""
     root = _copy(written, "rafdb", tmp_path)
     probe = RAFDBDataModule(root=str(root), batch_size=4, num_workers=0, img_size=32)
@@ -262,8 +263,9 @@ def test_cli_run_reports_skipped_images_in_the_run_folder(written, tmp_path, mon
         "--trainer.limit_val_batches=0.5",
         "--trainer.num_sanity_val_steps=0",
     ]
-    with pytest.raises(BadSampleError, match=rf"cannot decode image .*{first_val.name}"):
+    with pytest.raises(SystemExit):  # the CLI prints a bad sample as one error line
         main(args)
+    assert re.fullmatch(rf"error: cannot decode image .*{first_val.name}\n", capsys.readouterr().err)
     with pytest.warns(
         BadSampleWarning, match=r"skipped 1 images that failed to load \(val: 1 corrupt image\)"
     ):

@@ -1,4 +1,6 @@
-"""AI-Hub "한국인 감정인식을 위한 복합 영상" (Korean emotion images, dataSetSn=82), as shipped (data.md §4).
+"""AI-Hub "한국인 감정인식을 위한 복합 영상" (Korean emotion images, dataSetSn=82), as shipped.
+
+Layout and options: docs/datasets.md#ai-hub.
 
 The JSON-per-class release::
 
@@ -22,6 +24,9 @@ What real copies do to a naive loader, and what happens here instead:
 
 The image files are looked up anywhere below the split folder, so the other unpacked form
 (``…/1.Training/원천데이터/<감정>/…`` beside ``…/1.Training/라벨링데이터/<감정>/*.json``) reads too.
+When one file name occurs in several folders, the copy in a folder of the label file's own class is
+the record's (both layouts name the class in the image folder); if that does not single out one file,
+the record is bad input naming every copy, never a silent pick.
 """
 
 from __future__ import annotations
@@ -36,14 +41,13 @@ from typing import Any, Literal
 
 from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable, face_crop_cache_dir
 from fer_lightning.data.formats import AIHUB_CLASS_NAMES
-from fer_lightning.data.io import DirectoryIndex, FaceCrop, FaceCropper, box_is_valid, nfc
+from fer_lightning.data.io import IMAGE_SUFFIXES, DirectoryIndex, FaceCrop, FaceCropper, box_is_valid, nfc
 
 #: English glosses, for figures whose font has no Hangul (당황 is "Panic" in the slides).
 AIHUB_ENGLISH_NAMES = ("joy", "panic", "anger", "anxiety", "hurt", "sadness", "neutral")
 ANNOTATORS = ("A", "B", "C")
 #: Our split → the folder it ships in (``Validation`` is reported as test; val is carved from Training).
 SPLIT_FOLDERS = {"train": "Training", "test": "Validation"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 JSON_ENCODINGS = ("utf-8-sig", "euc-kr", "cp949")
 
 _BOX_KEYS = ("minX", "minY", "maxX", "maxY")
@@ -182,7 +186,7 @@ class AIHubKoreanDataModule(FERDataModule):
         return tables
 
     def _read_label_file(
-        self, path: Path, images: dict[str, Path], folder: Path, builder: SplitBuilder
+        self, path: Path, images: dict[str, list[Path]], folder: Path, builder: SplitBuilder
     ) -> None:
         try:
             records = json.loads(decode_json_bytes(path.read_bytes()))
@@ -200,7 +204,7 @@ class AIHubKoreanDataModule(FERDataModule):
         record: Any,
         path: Path,
         position: int,
-        images: dict[str, Path],
+        images: dict[str, list[Path]],
         folder: Path,
         builder: SplitBuilder,
     ) -> None:
@@ -209,9 +213,18 @@ class AIHubKoreanDataModule(FERDataModule):
             return
         filename = nfc(record["filename"].strip())
         where = f"{path}[{position}] {filename}"
-        image = images.get(filename) or images.get(filename.replace("&", "_"))
-        if image is None:
+        copies = images.get(filename) or images.get(filename.replace("&", "_"))
+        if not copies:
             builder.bad("missing image", f"{where}: no such image file under {folder}")
+            return
+        image = _copy_of_label_file_class(copies, path, folder)
+        if image is None:
+            listed = " and ".join(str(copy) for copy in copies)
+            builder.bad(
+                "ambiguous image",
+                f"{where}: {len(copies)} files have this name: {listed}; "
+                "remove or rename the copies that do not belong to this record",
+            )
             return
         label = self._label(record, where, builder)
         if label is None:
@@ -279,13 +292,31 @@ class AIHubKoreanDataModule(FERDataModule):
         return closest_pair_box(boxes)
 
 
-def _index_split_folder(folder: Path) -> tuple[list[Path], dict[str, Path]]:
-    """Label files (sorted by NFC path) and an NFC file name → path map of the images below ``folder``.
+def _classes_named_in(path: Path, folder: Path) -> set[str]:
+    """The class names that occur in ``path`` below ``folder`` (NFC), e.g. 기쁨 in ``[원천]EMOIMG_기쁨_TRAIN_01``."""
+    relative = nfc(path.relative_to(folder).as_posix())
+    return {name for name in AIHUB_CLASS_NAMES if name in relative}
 
-    ``os.walk`` lists directories without interpreting their names, so ``[라벨]`` folders are safe.
+
+def _copy_of_label_file_class(copies: list[Path], label_file: Path, folder: Path) -> Path | None:
+    """The one image among same-named ``copies`` that belongs to the label file's class; None if not one."""
+    if len(copies) == 1:
+        return copies[0]
+    label_classes = _classes_named_in(label_file, folder)
+    if len(label_classes) != 1:
+        return None
+    matching = [copy for copy in copies if _classes_named_in(copy.parent, folder) == label_classes]
+    return matching[0] if len(matching) == 1 else None
+
+
+def _index_split_folder(folder: Path) -> tuple[list[Path], dict[str, list[Path]]]:
+    """Label files (sorted by NFC path) and an NFC file name → paths map of the images below ``folder``.
+
+    A name maps to every file carrying it, in walk order. ``os.walk`` lists directories without
+    interpreting their names, so ``[라벨]`` folders are safe.
     """
     label_files: list[tuple[str, Path]] = []
-    images: dict[str, Path] = {}
+    images: dict[str, list[Path]] = {}
     for directory, subdirectories, files in os.walk(folder):
         subdirectories.sort()
         for name in sorted(files):
@@ -294,5 +325,5 @@ def _index_split_folder(folder: Path) -> tuple[list[Path], dict[str, Path]]:
             if lower.endswith(".json"):
                 label_files.append((nfc(os.path.join(directory, name)), Path(directory) / name))
             elif lower.endswith(IMAGE_SUFFIXES):
-                images.setdefault(key, Path(directory) / name)
+                images.setdefault(key, []).append(Path(directory) / name)
     return [path for _, path in sorted(label_files)], images

@@ -16,8 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_lightning.errors import FERLightningError
 
-class BadSampleError(ValueError):
+
+class BadSampleError(FERLightningError, ValueError):
     """A sample that cannot be used: missing or undecodable file, label out of range, malformed row.
 
     The message is one line that names the file or annotation row, so a user can find it. ``reason`` is
@@ -33,11 +35,16 @@ class BadSampleError(ValueError):
         return type(self), (str(self), self.reason)
 
 
+#: File name endings the dataset readers take for images when they list a folder (compared lower-case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to an RGB uint8 array of shape (H, W, 3).
 
-    OpenCV decodes to BGR; POSTER's RAF-DB loader forgot the conversion and trained on BGR
-    (data.md §8), so every dataset goes through this one function. Grey images become 3-channel.
+    OpenCV decodes to BGR; POSTER's RAF-DB loader forgot the conversion and trained on BGR, so
+    every dataset goes through this one function (docs/datasets.md#shared-options). Grey images become
+    3-channel.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -1,4 +1,4 @@
-"""RAF-DB (basic emotion subset) as it ships: a list file and aligned 100×100 faces (data.md §2).
+"""RAF-DB (basic emotion subset) as it ships: a list file and aligned 100×100 faces (docs/datasets.md#raf-db).
 
 Also reads the ``ImageFolder`` re-arrangement POSTER V2 asks for (``train/1..7/``, ``valid/1..7/``),
 so a copy already sorted by hand need not be undone.
@@ -12,13 +12,12 @@ from typing import Any, Literal
 
 from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable
 from fer_lightning.data.formats import RAFDB_CLASS_NAMES, RAFDB_IMAGE_DIR, RAFDB_LIST_FILE
-from fer_lightning.data.io import DirectoryIndex, nfc
+from fer_lightning.data.io import IMAGE_SUFFIXES, DirectoryIndex, nfc
 
 LIST_FILE = Path(RAFDB_LIST_FILE)
 ALIGNED_DIR = Path(RAFDB_IMAGE_DIR)
 #: ImageFolder layout: split folder names (POSTER V2 calls the test split ``valid``) holding folders 1..7.
 IMAGEFOLDER_SPLITS = {"train": ("train",), "test": ("valid", "test")}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def read_rafdb_list(
