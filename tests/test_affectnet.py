@@ -6,11 +6,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from cli_helpers import EXPERIMENTS, fast_dev_run
+from cli_helpers import EXPERIMENTS, fast_dev_run, finite_metrics
 
 from fer_lightning.data import AffectNetDataModule
 from fer_lightning.data.affectnet import CSV_IMAGE_DIR, CSV_LIST_DIR, ExpressionCache
 from fer_lightning.data.io import BadSampleError, FaceCrop, read_rgb
+from fer_lightning.data.samplers import ImbalancedDatasetSampler
 from fer_lightning.data.synthetic import read_manifest, write_synthetic
 
 # What each kind of invalid row the writer plants is counted as.
@@ -280,9 +281,15 @@ def test_npy_release_setup_uses_the_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("release", ["csv", "npy"])
 def test_fit_fast_dev_run_on_synthetic_data(tmp_path, release):
-    fast_dev_run(
+    cli = fast_dev_run(
         "quickstart_affectnet.yaml", tmp_path, "--data.synthetic_size=80", f"--data.release={release}"
     )
+    finite_metrics(cli, "train/loss_epoch", "val/loss", "val/acc", "val/class_acc/Contempt")
+    # The release asked for was generated and read: face boxes cropped from pictures only in the CSV one.
+    train_sources = cli.datamodule.tables["train"].sources
+    assert all(isinstance(source, FaceCrop) == (release == "csv") for source in train_sources)
+    assert cli.model.num_classes == 8 and cli.model.class_names[7] == "Contempt"
+    assert isinstance(cli.trainer.train_dataloader.sampler, ImbalancedDatasetSampler)  # the config's sampler
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from cli_helpers import fast_dev_run
+from cli_helpers import fast_dev_run, finite_metrics
 
 from fer_lightning.data import AIHubKoreanDataModule, io
 from fer_lightning.data.aihub import AIHUB_CLASS_NAMES, closest_pair_box, decode_json_bytes, parse_box
@@ -166,10 +166,12 @@ def test_closest_pair_box(nfc_root, tmp_path):
 
 
 def test_fit_fast_dev_run_on_synthetic_data(tmp_path):
-    fast_dev_run(
+    cli = fast_dev_run(
         "quickstart_aihub.yaml",
         tmp_path,
         "--data.synthetic_size=60",
         f"--data.crop_cache_dir={tmp_path / 'crops'}",
     )
     assert list((tmp_path / "crops").rglob("*.jpg"))
+    assert cli.model.class_names == ["기쁨", "당황", "분노", "불안", "상처", "슬픔", "중립"]
+    finite_metrics(cli, "train/loss_epoch", "val/loss", "val/acc", "val/class_acc/중립")

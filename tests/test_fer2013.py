@@ -5,7 +5,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from cli_helpers import fast_dev_run
+from cli_helpers import fast_dev_run, finite_metrics
 
 from fer_lightning.data import FER2013DataModule
 from fer_lightning.data.fer2013 import FERPLUS_CLASS_NAMES, ferplus_majority, ferplus_plurality, parse_pixels
@@ -185,4 +185,9 @@ def test_files_one_folder_down(tmp_path, fer2013_root):
 
 @pytest.mark.parametrize("config", ["quickstart_fer2013.yaml", "quickstart_ferplus.yaml"])
 def test_fit_fast_dev_run_on_synthetic_data(tmp_path, config):
-    fast_dev_run(config, tmp_path, "--data.synthetic_size=80")
+    cli = fast_dev_run(config, tmp_path, "--data.synthetic_size=80")
+    ferplus = config == "quickstart_ferplus.yaml"
+    assert cli.datamodule.hparams.labels == ("ferplus" if ferplus else "fer2013")
+    expected = ("neutral", 8) if ferplus else ("Angry", 7)  # each label set's class 0 and size
+    assert (cli.model.class_names[0], cli.model.num_classes) == expected
+    finite_metrics(cli, "train/loss_epoch", "val/loss", "val/acc", f"val/class_acc/{expected[0]}")
