@@ -27,7 +27,8 @@ SELECTION_METRIC = "val/acc"
 
 # Lightning 2.6 + torch 2.14 print this on every step; it is theirs to fix and says nothing about the run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-# POSTER++/BTN keep their frozen landmark network in eval mode on purpose (models.md §1.3).
+# POSTER++/BTN keep their frozen landmark network in eval mode on purpose
+# (docs/models.md#deviations-from-the-official-code).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
@@ -35,7 +36,7 @@ class FERSaveConfigCallback(SaveConfigCallback):
     """Save ``config.yaml`` into the run folder and, when a W&B logger is active, into the W&B run too.
 
     The CSV logger comes first in our defaults, so ``trainer.log_dir`` is a fresh ``version_N`` folder
-    per run; with W&B first it would be ``.`` and a second run would clash (tooling.md §2.6).
+    per run; with W&B first it would be ``.`` and a second run would clash (docs/design.md#wb-offline).
     """
 
     def save_config(self, trainer, pl_module, stage: str) -> None:

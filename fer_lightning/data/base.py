@@ -294,7 +294,11 @@ class FERDataModule(L.LightningDataModule):
             full batches).
         num_workers: DataLoader worker processes.
         img_size: square side images are resized to.
-        augment: training recipe name from :mod:`fer_lightning.data.transforms`.
+        augment: training augmentation recipe (:mod:`fer_lightning.data.transforms`): ``none`` (resize
+            and normalise only), ``flip`` (horizontal flip), ``btn_rafdb`` (flip + random erasing of
+            scale 0.02–0.1 with p 0.5; BTN and POSTER++ on RAF-DB), ``btn_affectnet`` (the same
+            erasing on every image; BTN on AffectNet), ``posterpp_affectnet`` (flip + erasing of scale
+            0.05 on every image; POSTER++ code on AffectNet). Evaluation only resizes and normalises.
         sampler: ``shuffle`` or ``imbalanced`` (1 / class-frequency weights, seeded, DDP-safe).
         val_fraction: share of each training class carved out for validation when the dataset has no
             official validation split. Checkpoints are selected on it; test is reported separately.

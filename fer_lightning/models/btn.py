@@ -1,5 +1,5 @@
 """BTN: Batch Transformer Network (Her, Jeong, Song, Han, "Batch Transformer: Look for Attention in
-Batch", arXiv 2024; models.md §3).
+Batch", arXiv 2024; docs/models.md#btn).
 
 BTN = the POSTER++ body + multi-level attention (MLA, eqs. 1–2) + a batch transformer (BT) whose class
 batch attention (CBA, eqs. 3–7) lets each image borrow the ViT class scores of the images in its batch
@@ -31,7 +31,7 @@ class MultiLevelAttention(nn.Module):
     F_MLA = MHCA(query = S₃, key = value = conv_b(F_LA))   (eq. 1)
 
     conv_a/conv_b are 3×3 stride-2 convolutions that bring the lower map to the next level's shape
-    (the paper: "to fit S₂/S₃"; kernel sizes are not published, models.md §3.2), and MHCA is the same
+    (the paper: "to fit S₂/S₃"; kernel sizes are not published), and MHCA is the same
     cross-attention block the POSTER++ body uses, with the higher level as query.
     """
 
@@ -63,7 +63,7 @@ class BatchTransformer(nn.Module):
         num_positions: H·W of F_MLA (49 in the paper).
         scale: CBA logit scale: ``sqrt_classes`` = 1/√N as in the official README code (default),
             ``none`` as in the paper's eq. 4, ``sqrt_dim`` = 1/√(H·W).
-        value: P_VIT enters CBA as ``logits`` (default) or softmax ``probabilities`` (unpublished; §3.3).
+        value: P_VIT enters CBA as ``logits`` (default) or softmax ``probabilities`` (unpublished).
             The residual of eq. 6 adds P_VIT itself either way.
         detach_value: stop L_CBA and L_BT from pushing P_VIT towards the batch consensus through the CBA
             value (the residual of eq. 6 still passes L_BT's gradient to P_VIT).
