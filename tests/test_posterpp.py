@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from cli_helpers import count_training_loss_calls, finite_metrics, run_cli
 from torch.utils.data import DataLoader, TensorDataset
 
 from fer_lightning.cli import main
@@ -257,4 +258,12 @@ def test_fast_dev_run_through_the_cli(tmp_path):
     }
     path = tmp_path / "posterpp_tiny.yaml"
     path.write_text(yaml.safe_dump(config))
-    main(["fit", "--config", str(path)])
+    passes = []
+    cli = run_cli(
+        ["fit", "--config", str(path)], before_fit=lambda cli: passes.append(count_training_loss_calls(cli))
+    )
+    assert isinstance(cli.model, POSTERPP) and cli.model.body.level_sizes == (16, 8, 4)  # the tiny variant
+    assert (cli.trainer.global_step, len(passes[0])) == (1, 2)  # SAM: two passes for one step
+    [group] = cli.trainer.optimizers[0].param_groups
+    assert (group["initial_lr"], group["lr"]) == (3.5e-5, pytest.approx(3.5e-5 * 0.98))  # scheduler stepped
+    finite_metrics(cli, "train/loss_epoch", "val/loss", "val/acc")
