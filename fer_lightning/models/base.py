@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -85,6 +85,9 @@ class FERClassifier(L.LightningModule):
         self.eval_metrics = nn.ModuleDict(
             {split: classification_metrics(num_classes) for split in EVAL_SPLITS}
         )
+        # Sum of per-sample losses and the sample count, synced over DDP ranks at the epoch end: the
+        # logged val/test loss is the mean over every sample, however unevenly the ranks' shares split.
+        self.eval_loss = nn.ModuleDict({split: MeanMetric() for split in EVAL_SPLITS})
         # Filled at each evaluation epoch end, read by callbacks (confusion-matrix plot).
         self.last_confusion: dict[str, torch.Tensor] = {}
 
@@ -148,7 +151,7 @@ class FERClassifier(L.LightningModule):
 
     def update_evaluation(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Accumulate the reported metrics of ``split`` from the model's predictions on one batch."""
-        self.log(f"{split}/loss", self.cross_entropy(logits, labels), on_epoch=True, prog_bar=split == "val")
+        self.eval_loss[split].update(self.cross_entropy(logits, labels), weight=labels.shape[0])
         self.eval_metrics[split].update(logits, labels)
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -162,14 +165,28 @@ class FERClassifier(L.LightningModule):
         return self(images).softmax(dim=-1)
 
     def _log_evaluation_epoch(self, split: str) -> None:
+        # torchmetrics sums the states (confusion counts, loss sum and count) of all DDP ranks here, so
+        # every rank holds the metrics of the whole split, each sample counted once (the datamodule's
+        # evaluation sampler does not pad the ranks' shares).
         values = self.eval_metrics[split].compute()
         self.eval_metrics[split].reset()
+        loss = self.eval_loss[split].compute()
+        self.eval_loss[split].reset()
         self.last_confusion[split] = values.pop("confusion").cpu()
         per_class = values.pop("class_acc")
+        self._log_synced(f"{split}/loss", loss, prog_bar=split == "val")
         for name, value in values.items():
-            self.log(f"{split}/{name}", value, prog_bar=split == "val" and name == "acc")
+            self._log_synced(f"{split}/{name}", value, prog_bar=split == "val" and name == "acc")
         for class_name, value in zip(self.class_names, per_class):
-            self.log(f"{split}/class_acc/{class_name}", value)
+            self._log_synced(f"{split}/class_acc/{class_name}", value)
+
+    def _log_synced(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
+        """Log a value that is already the same on every DDP rank.
+
+        ``sync_dist`` stops Lightning's warning that epoch-level values are not synced; ``max`` of equal
+        values is exact, where Lightning's default mean would round them.
+        """
+        self.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation_epoch("val")

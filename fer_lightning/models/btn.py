@@ -18,10 +18,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from fer_lightning.models.backbones.poster_body import CrossAttentionBlock
 from fer_lightning.models.base import EVAL_SPLITS
+from fer_lightning.models.distributed import gather_batch
 from fer_lightning.models.posterpp import POSTERPP
 from fer_lightning.ops import class_batch_attention
 
 CBAScale = Literal["sqrt_classes", "none", "sqrt_dim"]
+CBAScope = Literal["local", "global"]
 
 
 class MultiLevelAttention(nn.Module):
@@ -68,6 +70,13 @@ class BatchTransformer(nn.Module):
         detach_value: stop L_CBA and L_BT from pushing P_VIT towards the batch consensus through the CBA
             value (the residual of eq. 6 still passes L_BT's gradient to P_VIT).
         backend: CBA implementation (:func:`fer_lightning.ops.class_batch_attention`).
+        scope: which images CBA mixes under DDP while training. ``local``: the images of this process's
+            batch (B per device). ``global``: the images of all processes (B × processes, as one device
+            with the whole batch would): each process gathers every process's embeddings and values,
+            runs CBA on all of them (every backend works; the gathered batch is small next to the body's
+            cost) and keeps its own rows, and gradients reach the process each image came from. Outside
+            a distributed run, and in evaluation (where processes may hold different numbers of
+            batches), both are the same.
     """
 
     def __init__(
@@ -79,8 +88,11 @@ class BatchTransformer(nn.Module):
         value: Literal["logits", "probabilities"] = "logits",
         detach_value: bool = False,
         backend: str = "auto",
+        scope: CBAScope = "local",
     ) -> None:
         super().__init__()
+        if scope not in ("local", "global"):
+            raise ValueError(f"cba_scope must be local or global, got {scope!r}")
         if scale not in ("sqrt_classes", "none", "sqrt_dim"):
             raise ValueError(f"cba_scale must be sqrt_classes, none or sqrt_dim, got {scale!r}")
         if value not in ("logits", "probabilities"):
@@ -93,6 +105,7 @@ class BatchTransformer(nn.Module):
         self.value = value
         self.detach_value = detach_value
         self.backend = backend
+        self.scope = scope
 
     def forward(self, f_mla: torch.Tensor, p_vit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """F_MLA (B, C, H, W), P_VIT (B, N) → (P_CBA, P_BT), each (B, N). Mixes samples of the batch."""
@@ -100,9 +113,18 @@ class BatchTransformer(nn.Module):
         value = p_vit.detach() if self.detach_value else p_vit
         if self.value == "probabilities":
             value = value.float().softmax(dim=-1).to(p_vit.dtype)
+        if self.scope == "global" and self.training:
+            num_classes = value.shape[1]
+            # One collective for both: the embeddings and the values, side by side per image.
+            rows, own_rows = gather_batch(torch.cat([encoded.flatten(1), value.to(encoded.dtype)], dim=1))
+            encoded = rows[:, :-num_classes].unflatten(1, (num_classes, -1))
+            value = rows[:, -num_classes:]
+        else:
+            own_rows = slice(None)
         p_cba = class_batch_attention(
             encoded, encoded, value, scale=self.scale, backend=self.backend
         )  # eq. 7
+        p_cba = p_cba[own_rows]  # with global scope, this process's images of the gathered batch
         return p_cba, p_cba + p_vit  # eq. 6
 
 
@@ -113,7 +135,8 @@ class BTN(POSTERPP):
         lambda_vit: λ of eq. 9 (2.0 is the paper's best on RAF-DB, Table 6).
         inference_head: ``vit`` (the paper: P_VIT, batch-independent) or ``bt`` (P_BT, which depends on
             the other images of the batch; for ablations only).
-        cba_scale, cba_value, detach_cba_value, cba_backend: see :class:`BatchTransformer`.
+        cba_scale, cba_value, detach_cba_value, cba_backend, cba_scope: see :class:`BatchTransformer`
+            (``cba_scope``: ``global`` makes CBA attend over the batch of all DDP processes).
         mla_heads: heads of the two MLA cross-attention blocks.
         **kwargs: :class:`~fer_lightning.models.posterpp.POSTERPP` arguments (the body: ``variant``,
             ``ir50_weights``, ``mobilefacenet_weights``, ``landmark_bn_mode``, ``interpolate_mode``) and
@@ -128,6 +151,7 @@ class BTN(POSTERPP):
         cba_value: Literal["logits", "probabilities"] = "logits",
         detach_cba_value: bool = False,
         cba_backend: str = "auto",
+        cba_scope: CBAScope = "local",
         mla_heads: tuple[int, int] = (4, 8),
         **kwargs,
     ) -> None:
@@ -144,6 +168,7 @@ class BTN(POSTERPP):
             value=cba_value,
             detach_value=detach_cba_value,
             backend=cba_backend,
+            scope=cba_scope,
         )
         self.lambda_vit = lambda_vit
         self.inference_head = inference_head
