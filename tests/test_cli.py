@@ -92,10 +92,11 @@ def test_fit_then_validate_and_test_the_selected_checkpoint(tiny_rafdb, tmp_path
 
     for subcommand in ("validate", "test"):
         main([subcommand, *args, f"--ckpt_path={best}"])
-    test_runs = sorted(glob.glob(str(tmp_path / "quickstart" / "version_*")))
-    assert len(test_runs) == 3
-    assert (Path(test_runs[-1]) / "confusion_matrix_test.png").is_file()
-    with open(Path(test_runs[-1]) / "metrics.csv") as handle:
+    # Evaluating a run's checkpoint writes into that run's folder, next to the training results.
+    assert glob.glob(str(tmp_path / "quickstart" / "version_*")) == [str(run_dir)]
+    assert (run_dir / "validate" / "metrics.csv").is_file()
+    assert (run_dir / "test" / "confusion_matrix_test.png").is_file()
+    with open(run_dir / "test" / "metrics.csv") as handle:
         [test_row] = [r for r in csv.DictReader(handle) if r.get("test/acc")]
     assert 0.0 <= float(test_row["test/acc"]) <= 1.0
 

@@ -37,6 +37,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from fer_lightning.data.io import BadSampleError, FaceCrop, FaceCropper, read_rgb
+from fer_lightning.data.resumable import EpochKeyedSampler, SampleKey, sample_generators
 from fer_lightning.data.samplers import (
     EpochShuffleSampler,
     EvaluationShardSampler,
@@ -174,6 +175,10 @@ class FERImageDataset(Dataset):
     from its batch by :func:`collate_skipping_bad`) and one line naming it is appended to
     ``bad_sample_log``. Appending from each worker process, instead of counting in memory, is what makes
     the count survive worker processes, which share no memory with the datamodule.
+
+    Given a :class:`~fer_lightning.data.resumable.SampleKey` (what the training sampler yields) and a
+    ``sample_seed``, the augmentation of that sample is drawn from generators seeded by
+    ``(sample_seed, epoch, index)``: the same in every worker layout and in a resumed run.
     """
 
     def __init__(
@@ -185,6 +190,7 @@ class FERImageDataset(Dataset):
         on_bad_sample: Literal["raise", "skip"] = "raise",
         bad_sample_log: str | os.PathLike | None = None,
         extras: Sequence[str] = (),
+        sample_seed: int | None = None,
     ) -> None:
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
@@ -195,11 +201,17 @@ class FERImageDataset(Dataset):
         self.on_bad_sample = on_bad_sample
         self.bad_sample_log = bad_sample_log
         self.extras = tuple(extras)
+        self.sample_seed = sample_seed
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, index: int) -> tuple | None:
+    def __getitem__(self, key: int | SampleKey) -> tuple | None:
+        index = key.index if isinstance(key, SampleKey) else key
+        if isinstance(key, SampleKey) and self.sample_seed is not None:
+            set_random_state = getattr(self.transform, "set_random_state", None)
+            if callable(set_random_state):
+                set_random_state(*sample_generators(self.sample_seed, key.epoch, key.index))
         try:
             image = self.load_image(self.table.sources[index])
         except Exception as error:
@@ -438,6 +450,7 @@ class FERDataModule(L.LightningDataModule):
                 on_bad_sample=self.hparams.on_bad_sample,
                 bad_sample_log=self.bad_sample_log,
                 extras=self.sample_extras(),
+                sample_seed=run_seed() if split == "train" else None,
             )
         self._save_split_index()
 
@@ -543,14 +556,21 @@ class FERDataModule(L.LightningDataModule):
                 f"of {batch_size} (training drops incomplete batches); lower data.batch_size"
             )
         workers = self.hparams.num_workers
+        # Training yields SampleKeys (index, epoch), which fix each sample's augmentation (data/resumable.py).
+        sampler = (
+            EpochKeyedSampler(self._train_sampler(dataset)) if train else self._evaluation_sampler(dataset)
+        )
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=self._train_sampler(dataset) if train else self._evaluation_sampler(dataset),
+            sampler=sampler,
             drop_last=train,
             num_workers=workers,
             persistent_workers=workers > 0,
             worker_init_fn=_worker_init,
+            # Worker seeds drawn from the loader's own generator leave the global RNG (dropout, drop
+            # path) to the training steps, so a resumed run's steps see the same random numbers.
+            generator=torch.Generator().manual_seed(run_seed()),
             pin_memory=torch.cuda.is_available(),
             collate_fn=collate_skipping_bad if self.hparams.on_bad_sample == "skip" else None,
         )
@@ -573,7 +593,29 @@ class FERDataModule(L.LightningDataModule):
         return EvaluationShardSampler(dataset, num_replicas=shard["num_replicas"], rank=shard["rank"])
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        loader = self._loader("train", train=True)
+        self._continue_restored_epoch(loader.sampler)
+        return loader
+
+    def _continue_restored_epoch(self, sampler: EpochKeyedSampler) -> None:
+        """Start the training order at the epoch, and position, a restored fit continues from.
+
+        Lightning builds the training loader's iterator before it calls ``set_epoch`` on a restored run
+        (with workers, the first indices are drawn right then), so the epoch is set here from the
+        restored progress. A checkpoint written inside an epoch (``processed`` one behind ``started``)
+        leaves ``batch_progress.current.processed`` batches of it consumed; Lightning runs only the
+        remaining batches but from a fresh iterator, so the sampler skips what was consumed. Under DDP
+        the order is sharded after this sampler, so the skip is left out there (Lightning warns).
+        """
+        trainer = self.trainer
+        if trainer is None or not isinstance(sampler, EpochKeyedSampler):
+            return
+        epochs = trainer.fit_loop.epoch_progress.current
+        sampler.set_epoch(epochs.processed)
+        consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if epochs.started == epochs.processed + 1 and consumed > 0 and trainer.world_size == 1:
+            sampler.skip_next(consumed * self.hparams.batch_size)
+            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

@@ -1,0 +1,148 @@
+"""Resuming and run folders: a resumed run equals the uninterrupted one and stays in its own folder."""
+
+import csv
+import glob
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fer_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
+# A step checkpoint written inside epoch 0 (16 training batches per epoch here).
+STEP_CHECKPOINT = [
+    "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+    "--trainer.callbacks.every_n_train_steps=5",
+    "--trainer.callbacks.save_top_k=-1",
+    "--trainer.callbacks.filename={step}",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_rafdb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_rafdb")
+    main(["make-synthetic", "--format", "rafdb", "--out", str(root), "--num-images", "150", "--seed", "1"])
+    return root
+
+
+def fit(root, save_dir, *extra, workers=0):
+    main(
+        [
+            "fit",
+            "--config",
+            QUICKSTART,
+            f"--data.root={root}",
+            "--data.batch_size=8",
+            f"--data.num_workers={workers}",
+            "--data.img_size=32",
+            f"--trainer.logger.init_args.save_dir={save_dir}",
+            "--trainer.enable_model_summary=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.log_every_n_steps=1",
+            *extra,
+        ]
+    )
+
+
+def run_folders(save_dir) -> list[Path]:
+    return [Path(p) for p in sorted(glob.glob(str(save_dir / "quickstart" / "version_*")))]
+
+
+def weights(ckpt) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def metrics(run) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, different[:5]
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_from_last_equals_the_uninterrupted_run(tiny_rafdb, tmp_path, workers):
+    fit(tiny_rafdb, tmp_path / "straight", "--trainer.max_epochs=2", workers=workers)
+    fit(tiny_rafdb, tmp_path / "resumed", "--trainer.max_epochs=1", workers=workers)
+    [run] = run_folders(tmp_path / "resumed")
+    fit(tiny_rafdb, tmp_path / "resumed", "--trainer.max_epochs=2", f"--ckpt_path={run}/checkpoints/last.ckpt")
+
+    [straight] = run_folders(tmp_path / "straight")
+    assert run_folders(tmp_path / "resumed") == [run]  # continued in its own folder
+    assert_same_weights(weights(straight / "checkpoints/last.ckpt"), weights(run / "checkpoints/last.ckpt"))
+    # One continuous history, row for row the uninterrupted run's (training loss of every step, and
+    # the validation metrics of each epoch).
+    for column in ("train/loss_step", "val/acc", "val/mean_class_acc"):
+        expected = [(r["step"], r[column]) for r in metrics(straight) if r.get(column)]
+        assert [(r["step"], r[column]) for r in metrics(run) if r.get(column)] == expected, column
+    # The best checkpoint is still tracked: the same file, and the resumed run's last.ckpt knows it.
+    best = sorted(p.name for p in (straight / "checkpoints").glob("best-*.ckpt"))
+    assert sorted(p.name for p in (run / "checkpoints").glob("best-*.ckpt")) == best
+    state = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["callbacks"]
+    [checkpoint_state] = [s for k, s in state.items() if k.startswith("ValidationCheckpoint")]
+    assert Path(checkpoint_state["best_model_path"]).name == best[-1]
+    assert checkpoint_state["best_model_score"] is not None
+
+
+@pytest.mark.slow
+def test_resume_inside_an_epoch_continues_with_the_remaining_samples(tiny_rafdb, tmp_path):
+    fit(tiny_rafdb, tmp_path, "--trainer.max_epochs=2", *STEP_CHECKPOINT)
+    [run] = run_folders(tmp_path)
+    uninterrupted = weights(run / "checkpoints/last.ckpt")
+    validation = [r["val/acc"] for r in metrics(run) if r.get("val/acc")]
+    mid_epoch = run / "checkpoints" / "step=5.ckpt"
+    assert torch.load(mid_epoch, weights_only=False)["epoch"] == 0
+
+    fit(tiny_rafdb, tmp_path, "--trainer.max_epochs=2", *STEP_CHECKPOINT, f"--ckpt_path={mid_epoch}")
+    assert_same_weights(uninterrupted, weights(run / "checkpoints/last.ckpt"))
+    assert [r["val/acc"] for r in metrics(run) if r.get("val/acc")] == validation
+
+
+def test_last_ckpt_is_the_latest_epoch_and_selection_metric_names_the_best(tiny_rafdb, tmp_path, capsys):
+    # lr 0: validation never improves after epoch 0, so only epoch 0 is a "best".
+    fit(
+        tiny_rafdb,
+        tmp_path,
+        "--trainer.max_epochs=2",
+        "--model.init_args.optimizer.init_args.lr=0",
+        "--selection_metric=val/mean_class_acc",
+    )
+    [run] = run_folders(tmp_path)
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["epoch"] == 1
+    [best] = (run / "checkpoints").glob("best-*.ckpt")
+    assert best.name.startswith("best-epoch00-val_mean_class_acc")
+    assert "best checkpoint (val/mean_class_acc = " in capsys.readouterr().out
+
+
+def test_a_fit_that_fails_at_setup_leaves_no_run_folder(tmp_path):
+    empty_root = tmp_path / "not_a_dataset"
+    empty_root.mkdir()
+    with pytest.raises((SystemExit, FileNotFoundError)):
+        fit(empty_root, tmp_path / "runs", "--trainer.max_epochs=1")
+    assert run_folders(tmp_path / "runs") == []
+
+
+def test_selection_metric_must_be_a_validation_metric(tiny_rafdb, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        fit(tiny_rafdb, tmp_path, "--selection_metric=test/acc")
+    assert "selection_metric='test/acc' is not a validation metric" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "experiments").glob("*affectnet*.yaml")))
+def test_affectnet_configs_select_on_mean_class_accuracy(config, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "experiments" / config), "--print_config"])
+    assert "selection_metric: val/mean_class_acc" in capsys.readouterr().out.splitlines()
+
+
+def test_max_steps_before_any_validation_is_explained(tiny_rafdb, tmp_path, capsys):
+    fit(tiny_rafdb, tmp_path, "--trainer.max_epochs=1", "--trainer.max_steps=3")
+    out = capsys.readouterr().out
+    assert "no best checkpoint: training stopped at trainer.max_steps=3" in out
+    shutil.rmtree(tmp_path)
