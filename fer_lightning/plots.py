@@ -65,6 +65,46 @@ def plot_confusion_matrix(
     figure.savefig(path, dpi=120)
 
 
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+    """Recall of each true class (diagonal / row total) of a confusion matrix; NaN for a class with no samples."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    totals = confusion.sum(axis=1)
+    return np.divide(confusion.diagonal(), totals, out=np.full(len(totals), np.nan), where=totals > 0)
+
+
+def plot_per_class_accuracy(
+    confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> np.ndarray:
+    """Save a bar chart of each class's accuracy (recall), with its sample count and the mean class
+    accuracy as a line; returns the per-class accuracies (NaN where a class has no samples)."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    accuracies = per_class_accuracy(confusion)
+    figure = Figure(figsize=(max(4.0, 0.8 * len(class_names) + 2.0), 3.8))
+    axes = figure.subplots()
+    positions = np.arange(len(class_names))
+    bars = axes.bar(positions, np.nan_to_num(accuracies), color="tab:blue")
+    for bar, accuracy, count in zip(bars, accuracies, confusion.sum(axis=1)):
+        label = "n/a" if np.isnan(accuracy) else f"{accuracy:.2f}"
+        axes.annotate(
+            f"{label}\n(n={count})",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    mean_class = float(np.nanmean(accuracies)) if not np.isnan(accuracies).all() else 0.0
+    axes.axhline(mean_class, color="tab:orange", ls="--", lw=1.0, label=f"mean class acc {mean_class:.3f}")
+    axes.set_xticks(positions, labels=class_names, rotation=45, ha="right")
+    axes.set_ylim(0.0, 1.15)
+    axes.set_ylabel("accuracy (recall)")
+    axes.legend(fontsize=8, loc="upper right")
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return accuracies
+
+
 def read_metrics_csv(path: str | os.PathLike) -> dict[str, list[tuple[int, int, float]]]:
     """A Lightning ``CSVLogger`` ``metrics.csv`` → {column: [(epoch, step, value), ...]} (empty cells skipped).
 

@@ -5,7 +5,7 @@ import csv
 import pytest
 
 from fer_lightning.cli import main
-from fer_lightning.plots import plot_training_curves, read_metrics_csv
+from fer_lightning.plots import plot_per_class_accuracy, plot_training_curves, read_metrics_csv
 
 # Sparse rows as Lightning's CSVLogger writes them: step rows, epoch-end train rows, validation rows.
 COLUMNS = ["epoch", "step", "train/loss_step", "train/loss_epoch", "val/acc", "val/heads/acc_vit"]
@@ -53,3 +53,12 @@ def test_plot_curves_command(tmp_path, capsys):
     assert "best val acc 0.5500 at epoch=1" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["plot-curves", str(tmp_path / "missing")])
+
+
+def test_per_class_accuracy_chart(tmp_path):
+    confusion = [[3, 1, 0], [0, 0, 0], [1, 1, 2]]  # rows: true class; class b has no samples
+    out = tmp_path / "per_class.png"
+    accuracies = plot_per_class_accuracy(confusion, ["a", "b", "c"], out, title="val")
+    assert accuracies[0] == pytest.approx(3 / 4) and accuracies[2] == pytest.approx(2 / 4)
+    assert accuracies[1] != accuracies[1]  # NaN: no samples, not 0 %
+    assert out.stat().st_size > 1000

@@ -7,11 +7,14 @@ import os
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from fer_lightning.plots import drawable_names, plot_confusion_matrix
+from fer_lightning.callbacks.wandb_media import log_figures
+from fer_lightning.plots import drawable_names, plot_confusion_matrix, plot_per_class_accuracy
 
 
 class ConfusionMatrixPlot(Callback):
-    """Save ``confusion_matrix_{val,test}.png`` (and the counts as ``.csv``) under the run folder.
+    """Save ``confusion_matrix_{val,test}.png`` (and the counts as ``.csv``) and the bar chart
+    ``per_class_accuracy_{val,test}.png`` under the run folder, and log both figures to W&B when a
+    :class:`~lightning.pytorch.loggers.WandbLogger` is among the loggers (``val/confusion_matrix``, …).
 
     The validation figure is rewritten only when ``monitor`` improves, so it shows the epoch that the
     checkpoint callback (same monitor) selects. Needs a model exposing ``last_confusion`` and
@@ -47,11 +50,19 @@ class ConfusionMatrixPlot(Callback):
             getattr(trainer.datamodule, "DISPLAY_NAMES", None) if trainer.datamodule is not None else None
         )
         title = f"{split} (epoch {trainer.current_epoch})" if split == "val" else split
-        plot_confusion_matrix(counts, drawable_names(names, glosses), f"{stem}.png", title=title)
+        drawn_names = drawable_names(names, glosses)
+        plot_confusion_matrix(counts, drawn_names, f"{stem}.png", title=title)
         header = "true\\predicted," + ",".join(names)
         rows = [f"{name}," + ",".join(str(int(c)) for c in row) for name, row in zip(names, counts)]
         with open(f"{stem}.csv", "w") as handle:
             handle.write("\n".join([header, *rows]) + "\n")
+        accuracy_png = os.path.join(log_dir, f"per_class_accuracy_{split}.png")
+        plot_per_class_accuracy(counts, drawn_names, accuracy_png, title=title)
+        log_figures(
+            trainer,
+            {f"{split}/confusion_matrix": f"{stem}.png", f"{split}/per_class_accuracy": accuracy_png},
+            caption=title,
+        )
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
