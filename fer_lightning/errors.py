@@ -26,3 +26,7 @@ class DatasetNotFoundError(FERLightningError, FileNotFoundError):
 
 class WeightsError(FERLightningError, ValueError):
     """A weights or checkpoint file that is missing, unreadable, or made for another model."""
+
+
+class NonFiniteLossError(FERLightningError, FloatingPointError):
+    """Training diverged: the loss or its gradients stayed NaN/inf for too many steps in a row."""

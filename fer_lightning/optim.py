@@ -9,6 +9,8 @@ Lightning as usual, so AMP grad scaling, schedulers and logging keep working.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 
@@ -19,8 +21,9 @@ def sam_perturb(
     """Move every parameter with a gradient to w + e and return the (parameter, e) pairs to undo it.
 
     The direction g/‖g‖ does not depend on a constant factor, so gradients still multiplied by an AMP
-    loss scale give the same e; if they overflowed (inf/nan), nothing is perturbed and the step is an
-    ordinary one — the grad scaler then skips it as usual.
+    loss scale give the same e. Callers check that the gradients are finite first (an fp16 overflow must
+    reach the grad scaler instead, see ``FERClassifier._sam_step``); a norm that is zero or not finite
+    leaves the weights where they are.
     """
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not params:
@@ -45,3 +48,20 @@ def sam_restore(perturbations: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Undo :func:`sam_perturb`."""
     for param, offset in perturbations:
         param.sub_(offset)
+
+
+def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
+    """Whether every value of every floating-point tensor (``None`` skipped) is finite; one host sync per device.
+
+    Uses the max-norm, which stays finite for any finite values (a 2-norm of finite values can overflow)
+    and is NaN or inf as soon as one value is.
+    """
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor is not None and tensor.is_floating_point():
+            by_device.setdefault(tensor.device, []).append(tensor.detach())
+    for group in by_device.values():
+        maxima = torch.stack([m.float() for m in torch._foreach_norm(group, ord=float("inf"))])
+        if not bool(torch.isfinite(maxima).all()):
+            return False
+    return True

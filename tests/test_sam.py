@@ -1,7 +1,6 @@
 """SAM through manual optimisation: two gradient passes per step, the update SAM's equations give."""
 
 import lightning as L
-import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -79,11 +78,6 @@ def test_sam_runs_under_bf16_autocast():
     assert torch.isfinite(model.linear.weight).all() and not torch.equal(before, model.linear.weight)
 
 
-def test_sam_refuses_gradient_accumulation():
-    with pytest.raises(Exception, match="accumulat"):
-        _fit_one_step(_LinearModel(sam_rho=RHO), accumulate_grad_batches=2)
-
-
 def test_perturbation_ignores_the_amp_loss_scale_and_skips_overflow():
     """Under fp16 the first-pass gradients are still multiplied by the grad scaler's factor."""
     parameter = nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
@@ -98,4 +92,4 @@ def test_perturbation_ignores_the_amp_loss_scale_and_skips_overflow():
     torch.testing.assert_close(offsets[0], torch.tensor([0.03, -0.04, 0.0]))
     torch.testing.assert_close(offsets[1], offsets[0])
     parameter.grad = torch.tensor([float("inf"), 0.0, 0.0])
-    assert sam_perturb(optimizer, rho=RHO) == []  # overflowed step: left to the scaler to skip
+    assert sam_perturb(optimizer, rho=RHO) == []  # a non-finite norm perturbs nothing

@@ -2,6 +2,7 @@
 
 from fer_lightning.callbacks.checkpoint import ValidationCheckpoint
 from fer_lightning.callbacks.confusion_matrix import ConfusionMatrixPlot
+from fer_lightning.callbacks.interrupt import InterruptCheckpoint
 from fer_lightning.callbacks.training_curves import TrainingCurvesPlot
 
-__all__ = ["ConfusionMatrixPlot", "TrainingCurvesPlot", "ValidationCheckpoint"]
+__all__ = ["ConfusionMatrixPlot", "InterruptCheckpoint", "TrainingCurvesPlot", "ValidationCheckpoint"]

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
+
+from fer_lightning.optim import all_finite
 
 
 class ValidationCheckpoint(ModelCheckpoint):
@@ -30,3 +36,44 @@ class ValidationCheckpoint(ModelCheckpoint):
         if trainer.fast_dev_run:
             return
         super().on_train_end(trainer, pl_module)
+
+    # --- Never keep a diverged model: no file with NaN/inf weights, no non-finite score as "best". ---
+
+    def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        # Lightning would rank a NaN score as -inf, which still becomes "best" while nothing else is; and
+        # a NaN validation loss means some predictions were NaN, whatever the accuracy says.
+        for name in dict.fromkeys(filter(None, (self.monitor, "val/loss"))):
+            value = monitor_candidates.get(name)
+            if value is not None and not bool(torch.isfinite(value).all()):
+                rank_zero_warn(
+                    f"{name} = {float(value)} is not finite: this epoch is not a checkpoint candidate"
+                )
+                return
+        if self._state_is_finite(trainer):
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        if self._state_is_finite(trainer):
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    def save_latest(self, trainer: Trainer) -> str | None:
+        """Write ``last.ckpt`` with the current state now (an interrupted run); its path, ``None`` if refused."""
+        if not self._state_is_finite(trainer):
+            return None
+        if self.save_last is True:
+            super()._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            return self.last_model_path
+        # save_last off, or "link" (a link to the latest top-k file, which is not the current state).
+        filepath = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        trainer.save_checkpoint(filepath)
+        return filepath
+
+    @staticmethod
+    def _state_is_finite(trainer: Trainer) -> bool:
+        if all_finite(trainer.lightning_module.state_dict().values()):
+            return True
+        rank_zero_warn(
+            f"not saving a checkpoint at global step {trainer.global_step}: the model's weights or "
+            "statistics hold NaN/inf values (training diverged)"
+        )
+        return False

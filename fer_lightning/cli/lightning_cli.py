@@ -20,7 +20,12 @@ import fer_lightning.data.aihub
 import fer_lightning.data.fer2013
 import fer_lightning.data.rafdb
 import fer_lightning.models  # noqa: F401
-from fer_lightning.callbacks import ConfusionMatrixPlot, TrainingCurvesPlot, ValidationCheckpoint
+from fer_lightning.callbacks import (
+    ConfusionMatrixPlot,
+    InterruptCheckpoint,
+    TrainingCurvesPlot,
+    ValidationCheckpoint,
+)
 from fer_lightning.callbacks.random_state import EpochSeededRandomState
 from fer_lightning.cli import EXTRA_COMMANDS_HELP, run_folders
 from fer_lightning.data import FERDataModule
@@ -95,6 +100,9 @@ class FERCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
+        # Under SAM the model clips gradients itself: Lightning refuses trainer-level clipping with
+        # manual optimisation, so the trainer's gradient_clip_val moves into the model here.
+        self.model.take_over_gradient_clipping(self.trainer)
         if self._continued_run is None or not self.trainer.is_global_zero:
             return
         csv_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
@@ -190,6 +198,7 @@ def trainer_defaults(selection_metric: str = SELECTION_METRIC) -> dict:
             ),
             ConfusionMatrixPlot(monitor=selection_metric, mode=mode),
             TrainingCurvesPlot(),
+            InterruptCheckpoint(),
             EpochSeededRandomState(),
         ],
     }

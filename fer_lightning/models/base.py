@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
@@ -16,7 +17,8 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from fer_lightning.optim import sam_perturb, sam_restore
+from fer_lightning.errors import ConfigurationError, NonFiniteLossError
+from fer_lightning.optim import all_finite, sam_perturb, sam_restore
 
 EVAL_SPLITS = ("val", "test")
 
@@ -56,6 +58,16 @@ class FERClassifier(L.LightningModule):
         sam_rho: wrap the optimiser in SAM with this radius (POSTER++/BTN use 0.05 around Adam); each
             step then makes two forward/backward passes through manual optimisation. ``None``: plain.
         sam_adaptive: adaptive SAM (perturbation scaled by |w|).
+        max_nonfinite_steps: a training step whose loss or gradients are NaN/inf is skipped (no weight
+            update, BatchNorm running statistics left as before it) and counted in
+            ``train/nonfinite_steps``; this many skipped steps in a row stop training with
+            :class:`~fer_lightning.errors.NonFiniteLossError`. ``1`` stops at the first; ``None`` never
+            stops. Under fp16 an overflow the grad scaler handles (it skips the step and lowers its
+            scale) is not counted.
+
+    Gradient clipping under SAM: Lightning refuses ``Trainer(gradient_clip_val=...)`` with manual
+    optimisation, so :meth:`take_over_gradient_clipping` moves the trainer's setting into the model (the
+    ``fer-lightning`` CLI does this before ``fit``), which then clips the second-pass gradients.
     """
 
     def __init__(
@@ -67,10 +79,16 @@ class FERClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         sam_rho: float | None = None,
         sam_adaptive: bool = False,
+        max_nonfinite_steps: int | None = 5,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
+        if max_nonfinite_steps is not None and max_nonfinite_steps < 1:
+            raise ConfigurationError(
+                f"model max_nonfinite_steps={max_nonfinite_steps}: expected a number of steps >= 1 "
+                "(1 stops training at the first non-finite step) or null (skip them and never stop)"
+            )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
@@ -81,6 +99,16 @@ class FERClassifier(L.LightningModule):
         self.sam_adaptive = sam_adaptive
         # SAM needs two backward passes between optimiser steps, which automatic optimisation cannot do.
         self.automatic_optimization = sam_rho is None
+        self.max_nonfinite_steps = max_nonfinite_steps
+        # Set by take_over_gradient_clipping (SAM only).
+        self.sam_gradient_clip_val: float | None = None
+        self.sam_gradient_clip_algorithm: str = "norm"
+        # The named parts of the latest training loss (see record_loss_terms), for the divergence message.
+        self.loss_terms: dict[str, torch.Tensor] = {}
+        self._nonfinite_streak = 0
+        self._skip_reason: str | None = None  # why the current step is skipped, None while it is not
+        self._running_stats_before: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._batch_idx = 0
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.eval_metrics = nn.ModuleDict(
             {split: classification_metrics(num_classes) for split in EVAL_SPLITS}
@@ -99,51 +127,172 @@ class FERClassifier(L.LightningModule):
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits used for the training accuracy)."""
+        """(loss, logits used for the training accuracy). A loss made of several terms names them with
+        :meth:`record_loss_terms`, so that a divergence message says which one went non-finite."""
         logits = self(images)
         return self.cross_entropy(logits, labels), logits
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def record_loss_terms(self, **terms: torch.Tensor) -> None:
+        """Keep the named parts of the training loss just computed (detached; read only on divergence)."""
+        self.loss_terms = {name: term.detach() for name, term in terms.items()}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._skip_reason = None
+        self._batch_idx = batch_idx
+        self.loss_terms = {}
+        # A forward pass in training mode updates BatchNorm running statistics even when the step is
+        # then skipped; one NaN batch would otherwise poison them for the rest of the run.
+        self._running_stats_before = [(buffer, buffer.clone()) for buffer in _running_statistics(self)]
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         images, labels = batch
         if self.sam_rho is None:
             loss, logits = self.training_loss(images, labels)
+            if not self._loss_is_finite(loss, "loss"):
+                return None  # automatic optimisation: no backward, no optimiser update
         else:
-            loss, logits = self._sam_step(images, labels)
+            result = self._sam_step(images, labels)
+            if result is None:
+                return None
+            loss, logits = result
         self.train_acc(logits.detach(), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
 
-    def _sam_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sam_step(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One SAM step: gradient at w, perturb to w + e, gradient there, restore w, base step.
 
         Both passes see the same batch (so BTN's batch attention is defined in both) and BatchNorm
-        statistics are updated twice per step, as in the official POSTER++ code.
+        statistics are updated twice per step, as in the official POSTER++ code. Returns ``None`` when
+        the step is skipped because a loss or the first-pass gradients are not finite.
         """
         optimizer = self.optimizers()
         loss, logits = self.training_loss(images, labels)
+        if not self._loss_is_finite(loss, "loss"):
+            return None
         self.manual_backward(loss)
+        if not all_finite(self._gradients(optimizer)):
+            if self._grad_scaler() is not None:
+                # An fp16 overflow of the scaled gradients: stepping now hands them to the grad scaler,
+                # which finds the inf, skips the update and lowers its scale, as for any overflowed step.
+                optimizer.step()
+                optimizer.zero_grad()
+                return loss.detach(), logits
+            name = self._first_nonfinite_gradient(optimizer)
+            optimizer.zero_grad()
+            self._skip_step(
+                f"the gradient of {name} at SAM's first pass was not finite ({self._describe_loss(loss)})"
+            )
+            return None
         perturbations = sam_perturb(optimizer.optimizer, self.sam_rho, self.sam_adaptive)
         optimizer.zero_grad()
         perturbed_loss, _ = self.training_loss(images, labels)
+        if not torch.isfinite(perturbed_loss).all():
+            sam_restore(perturbations)
+            self._skip_step(f"SAM's perturbed loss was not finite ({self._describe_loss(perturbed_loss)})")
+            return None
         self.manual_backward(perturbed_loss)
         sam_restore(perturbations)
-        optimizer.step()
+        optimizer.step()  # on_before_optimizer_step checks and clips the second-pass gradients
         optimizer.zero_grad()
         return loss.detach(), logits
+
+    def take_over_gradient_clipping(self, trainer: L.Trainer) -> None:
+        """Under SAM, clip gradients as ``trainer.gradient_clip_val``/``gradient_clip_algorithm`` say.
+
+        Lightning's configuration check refuses trainer-level clipping with manual optimisation, so the
+        setting moves into the model before ``trainer.fit`` (the trainer's value is cleared); the model
+        then clips SAM's second-pass gradients, after AMP unscaling, right before the base step. Does
+        nothing without SAM or without clipping.
+        """
+        if self.automatic_optimization or not trainer.gradient_clip_val:
+            return
+        self.sam_gradient_clip_val = float(trainer.gradient_clip_val)
+        algorithm = trainer.gradient_clip_algorithm  # an enum (or None), kept on the trainer: they must agree
+        self.sam_gradient_clip_algorithm = algorithm.value if algorithm is not None else "norm"
+        trainer.gradient_clip_val = None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Runs after backward (and AMP unscaling), right before the optimiser's update, in both modes.
+        if self._skip_reason is not None:
+            return  # training_step returned None: there are no gradients to apply
+        if not all_finite(self._gradients(optimizer)):
+            if self._grad_scaler() is not None:
+                return  # the scaler skips this update and lowers its scale
+            name = self._first_nonfinite_gradient(optimizer)
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None  # torch optimisers leave parameters without a gradient untouched
+            self._skip_step(f"the gradient of {name} was not finite")
+            return
+        self._nonfinite_streak = 0
+        if self.sam_gradient_clip_val is not None:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.sam_gradient_clip_val,
+                gradient_clip_algorithm=self.sam_gradient_clip_algorithm,
+            )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Summed per epoch: how many steps of the epoch were skipped.
+        skipped = float(self._skip_reason is not None)
+        self.log("train/nonfinite_steps", skipped, on_step=False, on_epoch=True, reduce_fx="sum")
+
+    def _loss_is_finite(self, loss: torch.Tensor, what: str) -> bool:
+        if bool(torch.isfinite(loss).all()):
+            return True
+        self._skip_step(f"the {what} was not finite ({self._describe_loss(loss)})")
+        return False
+
+    def _skip_step(self, reason: str) -> None:
+        """Skip the current step (the caller makes sure nothing is applied); stop after too many in a row."""
+        self._skip_reason = reason
+        with torch.no_grad():
+            for buffer, before in self._running_stats_before:
+                buffer.copy_(before)
+        self._nonfinite_streak += 1
+        if self.max_nonfinite_steps is not None and self._nonfinite_streak >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"training stopped at epoch {self.current_epoch}, batch {self._batch_idx} "
+                f"(global step {self.global_step}): {self._nonfinite_streak} step(s) in a row skipped, the last "
+                f"because {reason}; lower the learning rate (model.init_args.optimizer.init_args.lr), clip "
+                "gradients (trainer.gradient_clip_val) or allow more skipped steps "
+                "(model.init_args.max_nonfinite_steps)"
+            )
+        warnings.warn(
+            "a training step with a non-finite loss or gradients was skipped (counted in train/nonfinite_steps; "
+            f"training stops after {self.max_nonfinite_steps} in a row)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    def _describe_loss(self, loss: torch.Tensor) -> str:
+        terms = ", ".join(f"{name}={float(term):.4g}" for name, term in self.loss_terms.items())
+        return f"loss={float(loss.detach()):.4g}" + (f"; {terms}" if terms else "")
+
+    def _grad_scaler(self):
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    @staticmethod
+    def _gradients(optimizer) -> list[torch.Tensor | None]:
+        return [param.grad for group in optimizer.param_groups for param in group["params"]]
+
+    def _first_nonfinite_gradient(self, optimizer) -> str:
+        names = {param: name for name, param in self.named_parameters()}
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None and not all_finite([param.grad]):
+                    return names.get(param, "a parameter")
+        return "a parameter"
 
     def on_train_epoch_end(self) -> None:
         # Under manual optimisation Lightning does not step schedulers; ours are per epoch.
         if self.sam_rho is not None and self.scheduler_factory is not None:
             self.lr_schedulers().step()
-
-    def on_fit_start(self) -> None:
-        if self.sam_rho is not None and self.trainer.accumulate_grad_batches != 1:
-            raise ValueError(
-                "SAM (model.sam_rho) steps after every batch; gradient accumulation "
-                f"(trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches}) is not supported with it"
-            )
 
     def _evaluation_step(self, split: str, batch) -> None:
         images, labels = batch
@@ -199,3 +348,13 @@ class FERClassifier(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer)}}
+
+
+def _running_statistics(module: nn.Module) -> list[torch.Tensor]:
+    """Buffers a training-mode forward pass changes: BatchNorm/InstanceNorm running statistics."""
+    return [
+        buffer
+        for child in module.modules()
+        if child.training and getattr(child, "track_running_stats", False)
+        for buffer in child.buffers(recurse=False)
+    ]

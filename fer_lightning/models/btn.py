@@ -199,11 +199,9 @@ class BTN(POSTERPP):
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         heads = self.heads(images)
-        loss = (
-            self.lambda_vit * self.cross_entropy(heads["vit"], labels)
-            + self.cross_entropy(heads["bt"], labels)
-            + self.cross_entropy(heads["cba"], labels)
-        )  # eq. 9
+        terms = {f"ce_{name}": self.cross_entropy(heads[name], labels) for name in ("vit", "bt", "cba")}
+        self.record_loss_terms(**terms)
+        loss = self.lambda_vit * terms["ce_vit"] + terms["ce_bt"] + terms["ce_cba"]  # eq. 9
         return loss, heads["vit"]
 
     def _evaluation_step(self, split: str, batch) -> None:

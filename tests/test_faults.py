@@ -1,0 +1,334 @@
+"""Faults during training: non-finite losses and gradients, SAM under them, fp16 overflow, clipping,
+checkpoints of a diverged model, and a run stopped by SIGTERM/Ctrl-C."""
+
+import copy
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from cli_helpers import run_cli
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fer_lightning.callbacks import ValidationCheckpoint
+from fer_lightning.cli import main
+from fer_lightning.errors import NonFiniteLossError
+from fer_lightning.models.base import FERClassifier
+
+LR, RHO, BATCH = 0.1, 0.05, 8
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _ToyModel(FERClassifier):
+    """BatchNorm + linear; ``poison`` maps a forward-call number to the fault that call produces."""
+
+    def __init__(self, poison=None, **kwargs):
+        kwargs.setdefault("optimizer", lambda params: torch.optim.SGD(params, lr=LR))
+        super().__init__(num_classes=3, **kwargs)
+        self.norm = nn.BatchNorm1d(4)
+        self.linear = nn.Linear(4, 3)
+        # d sqrt(k)/dk at k = 0 is inf: a finite loss with a non-finite gradient.
+        self.kink = nn.Parameter(torch.zeros(()))
+        self.poison = dict(poison or {})
+        self.forward_calls = 0
+
+    def forward(self, images):
+        fault = self.poison.get(self.forward_calls)
+        self.forward_calls += 1
+        if fault == "loss":
+            images = images * float("nan")  # also feeds NaN into the BatchNorm running statistics
+        logits = self.linear(self.norm(images))
+        if fault == "grad":
+            logits = logits + torch.sqrt(self.kink)
+        return logits
+
+    def training_loss(self, images, labels):
+        loss, logits = super().training_loss(images, labels)
+        self.record_loss_terms(ce_main=loss, ce_aux=loss.detach() * 0)
+        return loss, logits
+
+
+def _batches(count):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(count * BATCH, 4, generator=generator)
+    return images, torch.randint(0, 3, (count * BATCH,), generator=generator)
+
+
+def _fit(model, data, *, callbacks=(), val_data=None, epochs=1, **trainer_kwargs):
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=bool(callbacks),
+        callbacks=list(callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if val_data is not None else 0,
+        **trainer_kwargs,
+    )
+    if hasattr(model, "take_over_gradient_clipping"):
+        model.take_over_gradient_clipping(trainer)
+    val_loader = DataLoader(TensorDataset(*val_data), batch_size=BATCH) if val_data is not None else None
+    trainer.fit(model, DataLoader(TensorDataset(*data), batch_size=BATCH), val_loader)
+    return trainer
+
+
+def _state(model):
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def _assert_same_state(model, expected):
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+
+
+def _without_batch(data, index):
+    keep = [i for i in range(len(data[0])) if i // BATCH != index]
+    return data[0][keep], data[1][keep]
+
+
+@pytest.mark.parametrize("fault", ["loss", "grad"])
+def test_a_nonfinite_step_is_skipped_without_a_trace(fault):
+    """Skipping batch 1 leaves exactly the state of training on batches 0 and 2 (weights and BN statistics)."""
+    torch.manual_seed(0)
+    model = _ToyModel(poison={1: fault})
+    reference = copy.deepcopy(model)
+    reference.poison = {}
+    data = _batches(3)
+    trainer = _fit(model, data)
+    _fit(reference, _without_batch(data, 1))
+    _assert_same_state(model, _state(reference))
+    assert trainer.callback_metrics["train/nonfinite_steps"] == 1
+
+
+def test_nonfinite_steps_in_a_row_stop_training_with_one_message():
+    model = _ToyModel(poison={1: "loss", 2: "loss"}, max_nonfinite_steps=2)
+    with pytest.raises(NonFiniteLossError) as raised:
+        _fit(model, _batches(4))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "epoch 0, batch 2 (global step 2)" in message
+    assert "2 step(s) in a row" in message and "loss=nan; ce_main=nan, ce_aux=nan" in message
+
+
+def test_a_good_step_resets_the_count():
+    model = _ToyModel(poison={0: "loss", 2: "grad", 4: "loss"}, max_nonfinite_steps=2)
+    trainer = _fit(model, _batches(5))
+    assert trainer.callback_metrics["train/nonfinite_steps"] == 3
+
+
+def test_gradient_message_names_the_parameter():
+    with pytest.raises(NonFiniteLossError, match="the gradient of kink was not finite"):
+        _fit(_ToyModel(poison={0: "grad"}, max_nonfinite_steps=1), _batches(1))
+
+
+@pytest.mark.parametrize(
+    "poison, forward_calls, reason",
+    [
+        ({0: "loss"}, 1, "the loss was not finite"),
+        ({0: "grad"}, 1, "the gradient of kink at SAM's first pass was not finite"),
+        ({1: "loss"}, 2, "SAM's perturbed loss was not finite"),
+    ],
+    ids=["first-pass loss", "first-pass gradient", "perturbed loss"],
+)
+def test_sam_skips_the_whole_step(poison, forward_calls, reason):
+    torch.manual_seed(0)
+    model = _ToyModel(poison=poison, sam_rho=RHO, max_nonfinite_steps=1)
+    before = _state(model)
+    with pytest.raises(NonFiniteLossError, match=reason):
+        _fit(model, _batches(1))
+    assert model.forward_calls == forward_calls  # no perturbed pass after a first-pass fault
+    _assert_same_state(model, before)  # no update, perturbation undone, BN statistics restored
+
+
+def test_sam_fp16_overflow_at_the_first_pass_reaches_the_grad_scaler():
+    """The scaler must see the overflowed first pass: it skips the update and halves its scale."""
+    torch.manual_seed(0)
+    model = _ToyModel(poison={0: "grad"}, sam_rho=RHO)
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer = _fit(model, _batches(1), plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert scaler.get_scale() == 512.0
+    assert model.forward_calls == 1
+    for parameter, value in zip(model.parameters(), before):
+        torch.testing.assert_close(
+            parameter.detach(), value
+        )  # (BatchNorm statistics move, as in any AMP step)
+    assert trainer.callback_metrics["train/nonfinite_steps"] == 0  # the scaler's business, not a divergence
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_sam_clips_the_trainers_gradient_clip_val(algorithm):
+    torch.manual_seed(0)
+    model = _ToyModel(sam_rho=RHO)
+    before = [p.detach().clone() for p in model.parameters()]
+    clip = 1e-3
+    trainer = _fit(model, _batches(1), gradient_clip_val=clip, gradient_clip_algorithm=algorithm)
+    assert trainer.gradient_clip_val is None and model.sam_gradient_clip_val == clip
+    steps = [(b - p.detach()) / LR for b, p in zip(before, model.parameters())]
+    if algorithm == "norm":
+        total = math.sqrt(sum(float((s**2).sum()) for s in steps))
+        assert total == pytest.approx(clip, rel=1e-3)
+    else:
+        assert max(float(s.abs().max()) for s in steps) == pytest.approx(clip, rel=1e-3)
+
+
+class _ScoredModel(_ToyModel):
+    """Logs a given val/acc per epoch and can poison its own weights during validation."""
+
+    def __init__(self, scores, poison_weights_at=None):
+        super().__init__()
+        self.scores, self.poison_weights_at = scores, poison_weights_at
+
+    def on_validation_epoch_end(self):
+        self.log("val/acc", self.scores[self.current_epoch])
+        if self.current_epoch == self.poison_weights_at:
+            with torch.no_grad():
+                self.linear.weight[0, 0] = float("inf")
+
+
+def _checkpointed_fit(model, tmp_path, epochs):
+    checkpoint = ValidationCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max", save_last=True)
+    _fit(model, _batches(1), callbacks=[checkpoint], val_data=_batches(1), epochs=epochs)
+    return checkpoint, sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_a_nonfinite_score_is_never_the_best(tmp_path):
+    checkpoint, files = _checkpointed_fit(_ScoredModel([float("nan"), 0.25]), tmp_path, epochs=2)
+    assert checkpoint.best_model_score == 0.25
+    assert files == ["epoch=1-step=2.ckpt", "last.ckpt"]
+    checkpoint, files = _checkpointed_fit(_ScoredModel([float("nan")]), tmp_path / "nan", epochs=1)
+    assert checkpoint.best_model_path == "" and "epoch=0-step=1.ckpt" not in files
+
+
+def test_nonfinite_weights_are_never_saved(tmp_path):
+    checkpoint, files = _checkpointed_fit(_ScoredModel([0.5, 0.9], poison_weights_at=1), tmp_path, epochs=2)
+    assert files == ["epoch=0-step=1.ckpt", "last.ckpt"]
+    assert checkpoint.best_model_score == 0.5
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 1 and torch.isfinite(saved["state_dict"]["linear.weight"]).all()
+
+
+# --- Through the CLI ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_rafdb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_rafdb")
+    main(["make-synthetic", "--format", "rafdb", "--out", str(root), "--num-images", "60", "--seed", "1"])
+    return root
+
+
+def _quickstart_args(root, save_dir, *extra):
+    return [
+        "fit",
+        "--config",
+        str(REPO / "experiments" / "quickstart.yaml"),
+        f"--data.root={root}",
+        "--data.batch_size=4",
+        "--data.num_workers=0",
+        "--data.img_size=32",
+        f"--trainer.logger.init_args.save_dir={save_dir}",
+        "--trainer.enable_model_summary=false",
+        "--trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def _all_finite_checkpoints(folder):
+    paths = list(Path(folder).rglob("*.ckpt"))
+    for path in paths:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+    return paths
+
+
+def test_a_diverging_run_stops_with_one_line(tiny_rafdb, tmp_path, capsys):
+    args = _quickstart_args(
+        tiny_rafdb, tmp_path, "--trainer.max_epochs=3", "--model.init_args.optimizer.init_args.lr=1e8"
+    )
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "5 step(s) in a row skipped" in errors[0] and "global step" in errors[0]
+    _all_finite_checkpoints(tmp_path)
+
+
+def test_sam_takes_the_trainers_gradient_clipping_through_the_cli(tiny_rafdb, tmp_path):
+    cli = run_cli(
+        _quickstart_args(
+            tiny_rafdb,
+            tmp_path,
+            "--trainer.fast_dev_run=true",
+            "--model.init_args.sam_rho=0.05",
+            "--trainer.gradient_clip_val=0.25",
+            "--trainer.gradient_clip_algorithm=value",
+        )
+    )
+    assert (cli.model.sam_gradient_clip_val, cli.model.sam_gradient_clip_algorithm) == (0.25, "value")
+    assert cli.trainer.gradient_clip_val is None
+
+
+def _fit_subprocess(root, save_dir, marker):
+    pause = {"class_path": "interrupt_helpers.PauseAfterBatch", "init_args": {"marker": str(marker)}}
+    args = _quickstart_args(
+        root,
+        save_dir,
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=6",
+        "--trainer.num_sanity_val_steps=0",
+        f"--trainer.callbacks+={json.dumps(pause)}",
+    )
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "fer_lightning.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "signal_number",
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],  # Ctrl-C takes the same path
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_a_signal_mid_epoch_leaves_a_checkpoint_to_resume_from(tiny_rafdb, tmp_path, signal_number):
+    marker = tmp_path / "paused"
+    process = _fit_subprocess(tiny_rafdb, tmp_path / "runs", marker)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), process.communicate()[1][-3000:]
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal_number, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if line.startswith("interrupted at epoch 1 step")]
+    config, checkpoint = line.split("--config ")[1].split(" --ckpt_path ")
+    assert Path(checkpoint).name == "last.ckpt"
+    [epoch_end] = Path(checkpoint).parent.glob("best-epoch00-*.ckpt")
+    interrupted_step = torch.load(checkpoint, weights_only=False)["global_step"]
+    assert interrupted_step > torch.load(epoch_end, weights_only=False)["global_step"]
+    assert interrupted_step >= int(marker.read_text())  # the step running when the signal came completed
+    if signal_number == signal.SIGTERM:  # the resume command it printed works
+        cli = run_cli(
+            ["fit", "--config", config, "--ckpt_path", checkpoint, "--trainer.enable_progress_bar=false"]
+        )
+        assert cli.trainer.global_step == 2 * 6  # the rest of epoch 1 and epoch 2: no batch lost or repeated
