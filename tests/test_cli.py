@@ -3,6 +3,7 @@
 import csv
 import glob
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -101,9 +102,12 @@ def test_fit_then_validate_and_test_the_selected_checkpoint(tiny_rafdb, tmp_path
     assert 0.0 <= float(test_row["test/acc"]) <= 1.0
 
 
-def test_missing_root_fails_in_one_line(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"RAF-DB root not found: .*does-not-exist"):
+def test_missing_root_fails_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
         main(["fit", *_small_run_args(tmp_path / "does-not-exist", tmp_path, "--trainer.fast_dev_run=true")])
+    assert raised.value.code == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert re.match(r"error: RAF-DB root not found: .*does-not-exist", line)
 
 
 def test_print_config_links_nothing_and_resolves(tmp_path, capsys):

@@ -72,14 +72,7 @@ def test_default_output_path_and_bad_arguments(tmp_path, monkeypatch, capsys):
     assert "class histogram: runs/data_summary/quickstart_fer2013_classes.png" in capsys.readouterr().out
     assert (tmp_path / "runs" / "data_summary" / "quickstart_fer2013_classes.png").is_file()
     with pytest.raises(SystemExit):
-        main(
-            [
-                "data-summary",
-                "--config",
-                str(EXPERIMENTS / "quickstart_fer2013.yaml"),
-                "--trainer.max_epochs=1",
-            ]
-        )
+        main(["data-summary", "--config", str(EXPERIMENTS / "quickstart_fer2013.yaml"), "--max-epochs=1"])
     assert "data-summary" in EXTRA_COMMANDS_HELP
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
+from contextvars import ContextVar
 
 from fer_lightning.errors import FERLightningError
 
@@ -68,8 +70,46 @@ def usage() -> str:
     )
 
 
+# Set by main() for the command it runs, so parsers deep inside LightningCLI can ask debugging().
+_debug_requested: ContextVar[bool] = ContextVar("fer_lightning_debug", default=False)
+
+
 def debug_enabled(argv: Sequence[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def debugging() -> bool:
+    """Whether the running command should show tracebacks (``--debug`` or ``FER_LIGHTNING_DEBUG=1``)."""
+    return _debug_requested.get() or debug_enabled(())
+
+
+def user_error_in(error: BaseException) -> FERLightningError | None:
+    """The :class:`FERLightningError` behind ``error``, which may arrive wrapped.
+
+    jsonargparse re-raises an error from a class's ``__init__`` as its own "Does not validate against any
+    of the Union subtypes" ``ValueError`` (the original is its cause or context).
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, FERLightningError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker, the original message only.
+
+    torch re-raises a worker's exception as the same type with "Caught X in DataLoader worker process N.
+    Original Traceback …" and the worker's traceback in the message; its last line is the original.
+    """
+    message = str(error)
+    if "\nOriginal Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        original = re.match(rf"[\w.]*{type(error).__name__}: (.*)", last)
+        message = original[1] if original else last
+    return message
 
 
 def run(argv: list[str]) -> None:
@@ -91,13 +131,17 @@ def main(args: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     debug = debug_enabled(argv)
     argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    token = _debug_requested.set(debug)
     try:
         run(argv)
-    except FERLightningError as error:
-        if debug:
+    except Exception as error:
+        user_error = user_error_in(error)
+        if debug or user_error is None:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(user_error)}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        _debug_requested.reset(token)
 
 
 def __getattr__(name: str):

@@ -182,14 +182,20 @@ def complexity(argv: list[str]) -> None:
     from fer_lightning.data import FERDataModule
     from fer_lightning.models import FERClassifier
 
-    cli = FERCLI(
+    class ModelOnlyCLI(FERCLI):
+        # Counting needs no Trainer; building one only prints its accelerator report.
+        def instantiate_trainer(self, **kwargs):
+            return None
+
+    cli = ModelOnlyCLI(
         FERClassifier,
         FERDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=trainer_defaults(),
         run=False,
-        args=[*argv, "--data.synthetic_size=1"],
+        # Weights are random either way, so the seed would only add a "Seed set to" line.
+        args=[*argv, "--data.synthetic_size=1", "--seed_everything=false"],
     )
     model, size = cli.model, cli.datamodule.hparams.img_size
     total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import warnings
 from pathlib import Path
 
+import torch
 import yaml
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 # Every datamodule and model class is imported, so that subclass mode knows them by short name too.
@@ -27,9 +29,10 @@ from fer_lightning.callbacks import (
     ValidationCheckpoint,
 )
 from fer_lightning.callbacks.random_state import EpochSeededRandomState
-from fer_lightning.cli import EXTRA_COMMANDS_HELP, run_folders
+from fer_lightning.cli import EXTRA_COMMANDS_HELP, debugging, run_folders
+from fer_lightning.cli.parse_errors import class_init_options, condense_parse_error
 from fer_lightning.data import FERDataModule
-from fer_lightning.errors import ConfigurationError
+from fer_lightning.errors import ConfigurationError, WeightsError
 from fer_lightning.models import FERClassifier
 
 SELECTION_METRIC = "val/acc"
@@ -38,6 +41,9 @@ SELECTION_METRICS = ("val/acc", "val/mean_class_acc", "val/macro_f1", "val/loss"
 
 # Lightning 2.6 + torch 2.14 print this on every step; it is theirs to fix and says nothing about the run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# The dispatcher hands LightningCLI the command line on purpose (without our --debug), so the warning
+# about passing both args and sys.argv would greet every run.
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
 # POSTER++/BTN keep their frozen landmark network in eval mode on purpose
 # (docs/models.md#deviations-from-the-official-code).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -55,6 +61,70 @@ class FERSaveConfigCallback(SaveConfigCallback):
             if isinstance(logger, WandbLogger):
                 config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
                 logger.log_hyperparams({"config": config})
+
+
+#: Base class of each subclass-mode option, for "did you mean" on a misspelled class name.
+_SUBCLASS_BASES = {"model": FERClassifier, "data": FERDataModule}
+#: Trainer options where an int counts batches and a float is a fraction of them.
+_COUNT_OR_FRACTION = tuple(f"trainer.limit_{split}_batches" for split in ("train", "val", "test", "predict"))
+#: --ckpt_path values Lightning resolves itself rather than reading a file.
+_CKPT_PATH_KEYWORDS = ("last", "best", "hpc")
+
+
+class FERArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, reporting a parse error as one line and where to look, not a usage dump."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # jsonargparse probing an alternative: it catches this itself
+            return super().error(message, ex)
+        if debugging():
+            raise argparse.ArgumentError(None, message) from ex
+        parser = getattr(ex, "subcommand_parser", None) or self
+        command = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {condense_parse_error(message, parser.suggest)}\nsee: {command} --help\n")
+        self.exit(2)
+
+    def suggest(self, kind: str, key: str) -> list[str]:
+        """Valid names for "did you mean" (see :data:`fer_lightning.cli.parse_errors.Suggest`)."""
+        # The root parser reports errors of a config read before the subcommand is known: ask them all.
+        subcommands = self._subcommands_action._name_parser_map.values() if self._subcommands_action else ()
+        options = [
+            option.removeprefix("--")
+            for parser in (self, *subcommands)
+            for action in parser._actions
+            for option in action.option_strings
+            if option.startswith("--") and not option.endswith(".help")
+        ]
+        if kind == "argument":
+            return [f"--{option}" for option in options]
+        if kind == "group":
+            return [option for option in options if option.startswith(f"{key}.")]
+        if kind == "subclass" and key in _SUBCLASS_BASES:
+            return [cls.__name__ for cls in _all_subclasses(_SUBCLASS_BASES[key])]
+        if kind == "class":
+            return class_init_options(key)
+        return []
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_subclasses(direct))]
+
+
+def read_checkpoint_hyperparameters(path: str) -> dict:
+    """The model's ``hyper_parameters`` of a Lightning checkpoint; a one-line :class:`WeightsError` if unreadable."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightsError(
+            f"--ckpt_path {path}: not a Lightning checkpoint ({type(error).__name__}); pass a .ckpt "
+            "written by fer-lightning fit (in its run folder's checkpoints/)"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise WeightsError(
+            f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict); pass a .ckpt written by "
+            "fer-lightning fit, or give backbone weights to their model option (e.g. model.init_args.ir50_weights)"
+        )
+    return dict(checkpoint.get("hyper_parameters") or {})
 
 
 class FERCLI(LightningCLI):
@@ -77,6 +147,8 @@ class FERCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand is None:  # run=False (fer-lightning complexity): no run, no run folder
+            return
         config = self.config[self.subcommand]
         check_selection_metric(config.selection_metric)
         # One run, one folder: a run's checkpoint brings its own folder (see run_folders).
@@ -126,10 +198,57 @@ class FERCLI(LightningCLI):
                 run_folders.remove_if_empty_run(Path(log_dir))
             raise
 
+    def __init__(self, *args, parser_class=FERArgumentParser, **kwargs) -> None:
+        super().__init__(*args, parser_class=parser_class, **kwargs)
+
+    def add_core_arguments_to_parser(self, parser) -> None:
+        super().add_core_arguments_to_parser(parser)
+        # Trainer declares these Optional[Union[int, float]], but typing hands back an equal Union cached
+        # earlier in the order (float, int), so jsonargparse tried float first and read
+        # "--trainer.limit_val_batches 1" as 1.0, i.e. all batches. Ask for int first.
+        for action in parser._actions:
+            if action.dest in _COUNT_OR_FRACTION and hasattr(action, "_typehint"):
+                action._typehint = int | float | None
+
     def init_parser(self, **kwargs):
+        kwargs.setdefault("prog", "fer-lightning")
         kwargs.setdefault("epilog", EXTRA_COMMANDS_HELP)
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         return super().init_parser(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning replaces the configured model by the one saved in the checkpoint, and a wrong class
+        # count ends in a state-dict size-mismatch dump: say which checkpoint and what differs first.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self._checkpoint_hparams = {}
+        if ckpt_path and ckpt_path not in _CKPT_PATH_KEYWORDS and not str(ckpt_path).startswith("registry"):
+            if not Path(ckpt_path).is_file():
+                raise WeightsError(
+                    f"--ckpt_path {ckpt_path}: no such file; pass a .ckpt written by fer-lightning fit "
+                    "(e.g. runs/<name>/version_N/checkpoints/best-*.ckpt)"
+                )
+            self._checkpoint_hparams = read_checkpoint_hyperparameters(ckpt_path)
+            saved_class = self._checkpoint_hparams.get("_class_path")
+            configured = self.config[subcommand].get("model", {}).get("class_path")
+            if saved_class and configured and saved_class != configured:
+                raise WeightsError(
+                    f"--ckpt_path {ckpt_path} holds a {saved_class.rsplit('.', 1)[-1]} model but the config "
+                    f"builds {configured.rsplit('.', 1)[-1]}; use the config the checkpoint was trained with "
+                    "(config.yaml in its run folder)"
+                )
+        super()._parse_ckpt_path()
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        saved_names = self._checkpoint_hparams.get("class_names")
+        if saved_names is not None and list(saved_names) != list(self.datamodule.class_names):
+            ckpt_path = self.config[self.subcommand].get("ckpt_path")
+            raise WeightsError(
+                f"--ckpt_path {ckpt_path} was trained on {len(saved_names)} classes ({', '.join(saved_names)}) "
+                f"but {type(self.datamodule).__name__} has {self.datamodule.num_classes} "
+                f"({', '.join(self.datamodule.class_names)}); use the checkpoint's dataset and class count"
+            )
 
     def after_fit(self) -> None:
         checkpoint = self.trainer.checkpoint_callback

@@ -46,6 +46,7 @@ from fer_lightning.data.samplers import (
 )
 from fer_lightning.data.synthetic import default_cache_dir, ensure_synthetic_dataset
 from fer_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from fer_lightning.errors import ConfigurationError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +349,7 @@ class FERDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if root is None and synthetic_size <= 0:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{self.DATASET_NAME}: set data.root to the dataset folder, or data.synthetic_size to a "
                 "number of generated images"
             )
@@ -413,7 +414,7 @@ class FERDataModule(L.LightningDataModule):
             return
         root = self.root
         if not root.is_dir():
-            raise FileNotFoundError(f"{self.DATASET_NAME} root not found: {root} ({self.layout_hint()})")
+            raise DatasetNotFoundError(f"{self.DATASET_NAME} root not found: {root} ({self.layout_hint()})")
         tables = self.read_splits(root)
         self._report_left_out_rows(tables)
         for split, table in tables.items():
@@ -551,9 +552,9 @@ class FERDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         batch_size = self.hparams.batch_size
         if train and len(dataset) < batch_size:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{self.DATASET_NAME}: the training split has {len(dataset)} images, fewer than one batch "
-                f"of {batch_size} (training drops incomplete batches); lower data.batch_size"
+                f"of {batch_size} (training drops incomplete batches); set data.batch_size to {len(dataset)} or less"
             )
         workers = self.hparams.num_workers
         # Training yields SampleKeys (index, epoch), which fix each sample's augmentation (data/resumable.py).

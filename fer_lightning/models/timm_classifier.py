@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import timm
-
 from fer_lightning.models.base import FERClassifier
 
 
@@ -28,6 +26,9 @@ class TimmClassifier(FERClassifier):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        # Imported here: timm (and the wandb it imports) cost every CLI start, --help included.
+        import timm
+
         self.network = timm.create_model(
             backbone,
             pretrained=pretrained,

@@ -10,11 +10,14 @@ upstream loaders' silent partial loads are how POSTER++'s IR-50 body ended up ra
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from fer_lightning.errors import WeightsError
 
 CheckpointSource = str | os.PathLike | Mapping[str, object]
 
@@ -26,7 +29,7 @@ _SHOWN_KEYS = 5
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(WeightsError):
     """A checkpoint does not cover a module exactly (missing, wrong-shape or unexpected tensors)."""
 
 
@@ -71,12 +74,33 @@ def read_state_dict(checkpoint: CheckpointSource) -> tuple[dict[str, torch.Tenso
 
     Returns:
         (state dict, source description for messages).
+
+    Raises:
+        WeightsError: the file is missing, is not a PyTorch checkpoint, or pickles other objects.
+        CheckpointMismatchError: the file holds something other than a state dict.
     """
     if isinstance(checkpoint, Mapping):
         source, loaded = "<state dict>", checkpoint
     else:
         source = os.fspath(checkpoint)
-        loaded = torch.load(source, map_location="cpu", weights_only=True)
+        if not os.path.isfile(source):
+            raise WeightsError(
+                f"weights file not found: {source}; give the path of the downloaded checkpoint"
+            )
+        try:
+            loaded = torch.load(source, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            # The weights-only unpickler also fails on bytes that were never a pickle (an HTML page):
+            # only "Unsupported global" means a real checkpoint that pickles Python objects.
+            if "unsupported global" not in str(error).lower():
+                raise _not_a_checkpoint(source, error) from error
+            raise WeightsError(
+                f"{source}: refused by torch.load(weights_only=True), it pickles Python objects besides "
+                "tensors; extract its state_dict once in a trusted session and save that"
+            ) from error
+        except Exception as error:
+            # A text file, an image, a truncated download: torch only says e.g. "KeyError: 101".
+            raise _not_a_checkpoint(source, error) from error
         if not isinstance(loaded, Mapping):
             raise CheckpointMismatchError(f"{source}: expected a state dict, found {type(loaded).__name__}")
     nested = loaded.get("state_dict")
@@ -91,6 +115,13 @@ def read_state_dict(checkpoint: CheckpointSource) -> tuple[dict[str, torch.Tenso
         # nn.DataParallel saves every name with a "module." prefix.
         state_dict[key.removeprefix("module.")] = value
     return state_dict, source
+
+
+def _not_a_checkpoint(source: str, error: Exception) -> WeightsError:
+    return WeightsError(
+        f"{source}: not a PyTorch checkpoint (torch.load failed with {type(error).__name__}); expected a "
+        "state dict saved with torch.save (.pth/.pt/.pth.tar); is the download complete?"
+    )
 
 
 def load_renamed(

@@ -25,10 +25,9 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
-from timm.models.vision_transformer import Block
 from torch import nn
 
+from fer_lightning.errors import WeightsError
 from fer_lightning.models.backbones.checkpoint import LoadReport
 from fer_lightning.models.backbones.ir50 import IR50, load_ir50_weights
 from fer_lightning.models.backbones.mobilefacenet import (
@@ -96,6 +95,9 @@ class CrossAttentionBlock(nn.Module):
         )
         self.proj = nn.Linear(dim, dim)
         self.gamma_attention = nn.Parameter(torch.full((dim,), layer_scale_init))
+        # timm is imported where used: at module level it costs every CLI start, --help included.
+        from timm.layers import DropPath, Mlp
+
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.gamma_mlp = nn.Parameter(torch.full((dim,), layer_scale_init))
@@ -206,6 +208,8 @@ class FusionViT(nn.Module):
         mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
+        from timm.models.vision_transformer import Block
+
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens + 1, embed_dim))
@@ -384,14 +388,24 @@ class PosterBody(nn.Module):
         self._load_backbones(ir50_weights, mobilefacenet_weights)
 
     def _load_backbones(self, ir50_weights: str | None, mobilefacenet_weights: str | None) -> None:
-        if ir50_weights is not None:
-            self.load_reports["ir50"] = load_ir50_weights(self.ir50, ir50_weights)
-            log.info("IR-50: %s", self.load_reports["ir50"])
-        if mobilefacenet_weights is not None:
-            self.load_reports["mobilefacenet"] = load_mobilefacenet_weights(
-                self.landmark_net, mobilefacenet_weights
-            )
-            log.info("MobileFaceNet: %s", self.load_reports["mobilefacenet"])
+        for name, display_name, path, module, load in (
+            ("ir50", "IR-50", ir50_weights, self.ir50, load_ir50_weights),
+            (
+                "mobilefacenet",
+                "MobileFaceNet",
+                mobilefacenet_weights,
+                self.landmark_net,
+                load_mobilefacenet_weights,
+            ),
+        ):
+            if path is None:
+                continue
+            try:
+                self.load_reports[name] = load(module, path)
+            except WeightsError as error:
+                # The loaders know the file, not which option named it.
+                raise type(error)(f"model.init_args.{name}_weights: {error}") from error
+            log.info("%s: %s", display_name, self.load_reports[name])
         unloaded = [
             f"{name} ({argument}=None)"
             for name, argument, path in (
