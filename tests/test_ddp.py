@@ -19,14 +19,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from cli_helpers import run_cli
 from ops_helpers import TRITON_RUNS_ON_CPU
+from torch.utils.data import TensorDataset
 
 from fer_lightning.cli import main
+from fer_lightning.data import FERDataModule
+from fer_lightning.models.base import FERClassifier
 from fer_lightning.models.btn import BatchTransformer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,3 +201,52 @@ def test_btn_fit_with_global_cba_runs_under_ddp(odd_rafdb, tmp_path):
         cwd=tmp_path,
     )
     assert list((tmp_path / "runs").rglob("last.ckpt"))
+
+
+# ---- the model's metrics under DDP with predictions fixed by the test (forked processes) -------------
+
+# 9 samples, one of them wrong: 8/9. Lightning's padding sampler would score sample 0 twice (0.8).
+TARGETS = [0, 1, 2, 0, 1, 2, 0, 1, 2]
+PREDICTIONS = [0, 1, 2, 0, 1, 2, 0, 1, 1]
+
+
+class _PassThrough(FERClassifier):
+    """Its "images" are already logits, so the predictions are fixed by the test."""
+
+    def forward(self, images):
+        return images
+
+
+class _FixedPredictions(FERDataModule):
+    """A validation split of the test's logits and targets, served by the datamodule's own loaders."""
+
+    CLASS_NAMES = ("a", "b", "c")
+
+    def __init__(self) -> None:
+        super().__init__(synthetic_size=1, batch_size=2, num_workers=0)
+
+    def prepare_data(self) -> None:
+        pass
+
+    def setup(self, stage: str | None = None) -> None:
+        logits = torch.nn.functional.one_hot(torch.tensor(PREDICTIONS), 3).float() * 3.0
+        self.datasets = {"val": TensorDataset(logits, torch.tensor(TARGETS))}
+
+
+def test_validation_metrics_under_ddp_count_each_sample_once():
+    trainer = L.Trainer(
+        strategy="ddp_fork",
+        devices=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    model = _PassThrough(num_classes=3, class_names=["a", "b", "c"])
+    [metrics] = trainer.validate(model, datamodule=_FixedPredictions(), verbose=False)
+    logits = torch.nn.functional.one_hot(torch.tensor(PREDICTIONS), 3).float() * 3.0
+    assert metrics["val/acc"] == pytest.approx(8 / 9)
+    assert metrics["val/class_acc/c"] == pytest.approx(2 / 3)
+    expected_loss = float(torch.nn.functional.cross_entropy(logits, torch.tensor(TARGETS)))
+    assert metrics["val/loss"] == pytest.approx(expected_loss, rel=1e-6)
