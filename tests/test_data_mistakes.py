@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from cli_helpers import fast_dev_run
 
-from fer_lightning.data import AIHubKoreanDataModule
+from fer_lightning.data import AffectNetDataModule, AIHubKoreanDataModule, FER2013DataModule, RAFDBDataModule
+from fer_lightning.data.formats import RAFDB_CLASS_NAMES, RAFDB_LIST_FILE
 from fer_lightning.data.io import BadSampleError, nfc
 from fer_lightning.data.synthetic import read_manifest, write_synthetic
+from fer_lightning.errors import ConfigurationError, DatasetNotFoundError
 
 
 def _one_error_line(capsys) -> str:
@@ -50,7 +52,7 @@ def _training_images(root: Path, class_name: str) -> list[Path]:
     ]
 
 
-def _aihub(root: Path, tmp_path: Path) -> AIHubKoreanDataModule:
+def _aihub(root: Path) -> AIHubKoreanDataModule:
     datamodule = AIHubKoreanDataModule(
         root=str(root), num_workers=0, val_fraction=0.2, crop_cache=False, label_source="uploader"
     )
@@ -64,7 +66,7 @@ def test_aihub_same_name_in_another_class_folder_reads_the_label_files_own_class
     impostor = _training_images(aihub_root, "기쁨")[0].parent / panic_image.name
     shutil.copyfile(_training_images(aihub_root, "기쁨")[0], impostor)
 
-    datamodule = _aihub(aihub_root, tmp_path)
+    datamodule = _aihub(aihub_root)
     sources = [source.path for split in ("train", "val") for source in datamodule.tables[split].sources]
     assert panic_image in sources
     assert impostor not in sources
@@ -79,9 +81,105 @@ def test_aihub_same_name_in_two_folders_of_one_class_is_an_error_naming_both(aih
     shutil.copyfile(other_part, duplicate)
 
     with pytest.raises(BadSampleError, match="2 files have this name") as error:
-        _aihub(aihub_root, tmp_path)
+        _aihub(aihub_root)
     assert str(first_part) in str(error.value) and str(duplicate) in str(error.value)
 
     message = _fails_through_the_cli(capsys, tmp_path, "quickstart_aihub.yaml", f"--data.root={aihub_root}")
     assert nfc(str(first_part)) in nfc(message) and nfc(str(duplicate)) in nfc(message)
     assert "remove or rename the copies" in message
+
+
+# ------------------------------------------------------------------------------ a class without images
+
+
+def _rafdb(root: Path, **options) -> RAFDBDataModule:
+    datamodule = RAFDBDataModule(root=str(root), num_workers=0, **options)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def _drop_list_lines(root: Path, split: str, label: int) -> None:
+    """Remove ``split``'s lines of RAF-DB ``label`` (0-based) from the list file."""
+    list_file = root / RAFDB_LIST_FILE
+    kept = [
+        line
+        for line in list_file.read_text().splitlines()
+        if not (line.startswith(f"{split}_") and line.split()[1] == str(label + 1))
+    ]
+    list_file.write_text("\n".join(kept) + "\n")
+
+
+@pytest.fixture
+def rafdb_root(tmp_path) -> Path:
+    root = tmp_path / "RAF-DB" / "basic"
+    write_synthetic("rafdb", root, num_images=70, seed=3, image_size=32, imbalance=1.0, progress=False)
+    return root
+
+
+def test_a_training_class_without_images_is_one_error_line(rafdb_root, tmp_path, capsys):
+    _drop_list_lines(rafdb_root, "train", RAFDB_CLASS_NAMES.index("Fear"))
+    with pytest.raises(ConfigurationError, match=r"RAF-DB: no training images of class Fear \(id 1\) under"):
+        _rafdb(rafdb_root)
+    message = _fails_through_the_cli(capsys, tmp_path, "quickstart.yaml", f"--data.root={rafdb_root}")
+    assert "RAF-DB" in message and "class Fear" in message and str(rafdb_root) in message
+
+
+def test_a_test_class_without_images_is_a_warning(rafdb_root):
+    _drop_list_lines(rafdb_root, "test", RAFDB_CLASS_NAMES.index("Anger"))
+    with pytest.warns(UserWarning, match=r"RAF-DB: the test split under .* has no images of class Anger"):
+        datamodule = _rafdb(rafdb_root)
+    assert RAFDB_CLASS_NAMES.index("Anger") not in datamodule.tables["test"].labels
+
+
+# ------------------------------------------------------------------------------ a wrong data.root
+
+
+def test_missing_root_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"RAF-DB root not found: .*does-not-exist"):
+        _rafdb(tmp_path / "does-not-exist")
+
+
+def test_root_one_level_above_the_dataset_says_which_folder_was_meant(rafdb_root, tmp_path, capsys):
+    outer = rafdb_root.parent
+    message = _fails_through_the_cli(capsys, tmp_path, "quickstart.yaml", f"--data.root={outer}")
+    assert message == (
+        f"error: RAF-DB not found under {outer} (expected EmoLabel/list_patition_label.txt and "
+        "Image/aligned/<name>_aligned.jpg, or train/1..7/ and valid/1..7/); it contains basic/: "
+        f"did you mean --data.root {rafdb_root}?"
+    )
+
+
+def test_root_inside_the_dataset_points_to_its_parent(rafdb_root):
+    with pytest.raises(DatasetNotFoundError, match=rf"did you mean --data.root {rafdb_root}\?$"):
+        _rafdb(rafdb_root / "Image")
+
+
+def test_unrelated_root_lists_what_it_holds(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "holiday").mkdir(parents=True)
+    (folder / "notes.txt").write_text("")
+    with pytest.raises(
+        DatasetNotFoundError, match=r"RAF-DB not found under .*; it contains holiday/, notes\.txt$"
+    ):
+        _rafdb(folder)
+    with pytest.raises(DatasetNotFoundError, match=r"; it is empty$"):
+        _rafdb(folder / "holiday")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "datamodule_class", "options", "depth"),
+    [
+        ("affectnet_csv", AffectNetDataModule, {}, 1),
+        ("affectnet_npy", AffectNetDataModule, {"num_classes": 8}, 1),
+        ("fer2013", FER2013DataModule, {}, 2),  # fer2013.csv is also found one folder below the root
+    ],
+)
+def test_every_dataset_says_when_its_root_is_one_level_down(tmp_path, fmt, datamodule_class, options, depth):
+    meant = tmp_path / "outer" / "inner"
+    write_synthetic(fmt, meant / "data" if depth == 2 else meant, num_images=120, seed=0, progress=False)
+    datamodule = datamodule_class(root=str(tmp_path / "outer"), num_workers=0, **options)
+    with pytest.raises(
+        DatasetNotFoundError, match=rf"it contains inner/: did you mean --data.root {meant}\?$"
+    ):
+        datamodule.setup("fit")
+    datamodule_class(root=str(meant), num_workers=0, val_fraction=0.3, **options).setup("fit")

@@ -149,12 +149,17 @@ def test_prior_matrix_from_known_votes(tmp_path):
         ("Training", "fer0000002.png", [0, 10, 0, 0, 0, 0, 0, 0, 0, 0]),  # happiness
         ("Training", "fer0000003.png", [0, 0, 0, 7, 0, 0, 0, 2, 1, 0]),  # sadness; unknown vote left out
         ("Training", "fer0000004.png", [0, 0, 0, 0, 0, 0, 0, 0, 0, 10]),  # not a face: dropped
+        # Unanimous rows of the other classes (each class needs training images): one-hot prior rows.
+        *(
+            ("Training", f"fer000001{k}.png", [10 if column == k else 0 for column in range(10)])
+            for k in (2, 4, 5, 6, 7)
+        ),
         ("PublicTest", "fer0000005.png", [0, 0, 9, 0, 0, 0, 0, 0, 1, 0]),
         ("PrivateTest", "fer0000006.png", [0, 0, 0, 0, 10, 0, 0, 0, 0, 0]),
     ]
     _write_ferplus_fixture(tmp_path, rows)
     datamodule = _datamodule(tmp_path, labels="ferplus", return_votes=True)
-    assert datamodule.tables["train"].labels.tolist() == [0, 0, 1, 3]
+    assert datamodule.tables["train"].labels.tolist() == [0, 0, 1, 3, 2, 4, 5, 6, 7]
     assert datamodule.dropped_rows["train"] == Counter({"majority label is NF": 1})
     expected = np.eye(8)
     expected[0] = [0.7, 0.1, 0.2, 0, 0, 0, 0, 0]

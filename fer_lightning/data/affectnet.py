@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable, face_crop_cache_dir
+from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable
 from fer_lightning.data.formats import (
     AFFECTNET_CLASS_NAMES,
     AFFECTNET_CSV_HEADER,
@@ -31,8 +31,9 @@ from fer_lightning.data.formats import (
     AFFECTNET_CSV_LIST_DIR,
     AFFECTNET_NON_EXPRESSION_NAMES,
 )
-from fer_lightning.data.io import BadSampleError, DirectoryIndex, FaceCrop, FaceCropper
+from fer_lightning.data.io import BadSampleError, DirectoryIndex, FaceCrop
 from fer_lightning.data.synthetic import default_cache_dir
+from fer_lightning.errors import DatasetNotFoundError
 
 #: Ids of rows that are not an expression; every setting drops them.
 NON_EXPRESSION_IDS = dict(enumerate(AFFECTNET_NON_EXPRESSION_NAMES, start=len(AFFECTNET_CLASS_NAMES)))
@@ -72,6 +73,7 @@ class AffectNetDataModule(FERDataModule):
     DATASET_NAME = "AffectNet"
     CLASS_NAMES = AFFECTNET_CLASS_NAMES[:7]
     SYNTHETIC_FORMAT = "affectnet_csv"
+    ROOT_MARKERS = (CSV_LIST_DIR, f"{NPY_TRAIN_DIR}/annotations")
 
     def __init__(
         self,
@@ -92,11 +94,7 @@ class AffectNetDataModule(FERDataModule):
         self.class_names = list(AFFECTNET_CLASS_NAMES[:num_classes])
         self.num_classes = num_classes
         self.SYNTHETIC_FORMAT = "affectnet_npy" if release == "npy" else "affectnet_csv"
-        self.face_cropper = FaceCropper(
-            margin=crop_margin,
-            size=crop_size,
-            cache_dir=face_crop_cache_dir(crop_cache_dir) if crop_cache else None,
-        )
+        self.configure_face_crops(crop_margin, crop_size, crop_cache, crop_cache_dir)
 
     def layout_hint(self) -> str:
         return (
@@ -114,7 +112,7 @@ class AffectNetDataModule(FERDataModule):
         if has_csv and has_npy:
             raise ValueError(f"AffectNet: {root} holds both releases; choose one with data.release=csv|npy")
         if not (has_csv or has_npy):
-            raise FileNotFoundError(f"AffectNet: no release found under {root} ({self.layout_hint()})")
+            raise DatasetNotFoundError(f"AffectNet: no release found under {root} ({self.layout_hint()})")
         return "csv" if has_csv else "npy"
 
     def read_splits(self, root: Path) -> dict[str, SplitTable]:
@@ -143,7 +141,9 @@ class AffectNetDataModule(FERDataModule):
         for split, stem in (("train", "training"), ("test", "validation")):
             csv_path = root / CSV_LIST_DIR / f"{stem}.csv"
             if not csv_path.is_file():
-                raise FileNotFoundError(f"AffectNet CSV release: {csv_path} not found ({self.layout_hint()})")
+                raise DatasetNotFoundError(
+                    f"AffectNet CSV release: {csv_path} not found ({self.layout_hint()})"
+                )
             builder = self.new_split(split)
             self._read_csv_file(csv_path, root / CSV_IMAGE_DIR, images, builder)
             tables[split] = builder.build()
@@ -219,7 +219,7 @@ class AffectNetDataModule(FERDataModule):
         folders = DirectoryIndex().subfolders(root)
         test_dirs = [folders[name] for name in NPY_TEST_DIRS if name in folders]
         if not test_dirs:
-            raise FileNotFoundError(f"AffectNet npy release: no val_set/ or valid_set/ under {root}")
+            raise DatasetNotFoundError(f"AffectNet npy release: no val_set/ or valid_set/ under {root}")
         if len(test_dirs) > 1:
             raise ValueError(f"AffectNet npy release: both val_set/ and valid_set/ under {root}; keep one")
         tables = {}
@@ -233,7 +233,9 @@ class AffectNetDataModule(FERDataModule):
         listing = DirectoryIndex()
         annotations = listing.files(split_dir / "annotations")
         if not annotations:
-            raise FileNotFoundError(f"AffectNet npy release: no annotations in {split_dir / 'annotations'}")
+            raise DatasetNotFoundError(
+                f"AffectNet npy release: no annotations in {split_dir / 'annotations'}"
+            )
         images = listing.files(split_dir / "images")
         ids = [match["id"] for name in annotations if (match := _NPY_ANNOTATION.match(name))]
         expressions = ExpressionCache(split_dir / "annotations")

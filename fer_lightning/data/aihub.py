@@ -39,9 +39,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
-from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable, face_crop_cache_dir
+from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable
 from fer_lightning.data.formats import AIHUB_CLASS_NAMES
-from fer_lightning.data.io import IMAGE_SUFFIXES, DirectoryIndex, FaceCrop, FaceCropper, box_is_valid, nfc
+from fer_lightning.data.io import IMAGE_SUFFIXES, DirectoryIndex, FaceCrop, box_is_valid, nfc
+from fer_lightning.errors import DatasetNotFoundError
 
 #: English glosses, for figures whose font has no Hangul (당황 is "Panic" in the slides).
 AIHUB_ENGLISH_NAMES = ("joy", "panic", "anger", "anxiety", "hurt", "sadness", "neutral")
@@ -129,6 +130,7 @@ class AIHubKoreanDataModule(FERDataModule):
     CLASS_NAMES = AIHUB_CLASS_NAMES
     SYNTHETIC_FORMAT = "aihub"
     DISPLAY_NAMES = AIHUB_ENGLISH_NAMES
+    ROOT_MARKERS = (SPLIT_FOLDERS["train"],)
 
     def __init__(
         self,
@@ -152,14 +154,8 @@ class AIHubKoreanDataModule(FERDataModule):
             )
         if label_source == "annotator" and annotator not in ANNOTATORS:
             raise ValueError("AI-Hub: data.label_source=annotator needs data.annotator A, B or C")
-        if crop_margin < 0:
-            raise ValueError(f"AI-Hub: data.crop_margin must be ≥ 0, got {crop_margin}")
         super().__init__(root=root, **kwargs)
-        self.face_cropper = FaceCropper(
-            margin=crop_margin,
-            size=crop_size,
-            cache_dir=face_crop_cache_dir(crop_cache_dir) if crop_cache else None,
-        )
+        self.configure_face_crops(crop_margin, crop_size, crop_cache, crop_cache_dir)
         self._class_ids = {name: index for index, name in enumerate(AIHUB_CLASS_NAMES)}
 
     def layout_hint(self) -> str:
@@ -168,18 +164,23 @@ class AIHubKoreanDataModule(FERDataModule):
             "and the same under Validation/ (…_VALID)"
         )
 
+    def has_root_markers(self, root: Path) -> bool:
+        return find_split_folder(root, SPLIT_FOLDERS["train"]) is not None
+
     def read_splits(self, root: Path) -> dict[str, SplitTable]:
         tables = {}
         for split, folder_name in SPLIT_FOLDERS.items():
             folder = find_split_folder(root, folder_name)
             if folder is None:
-                raise FileNotFoundError(
+                raise DatasetNotFoundError(
                     f"AI-Hub: no {folder_name}/ folder under {root} ({self.layout_hint()})"
                 )
             builder = self.new_split(split)
             label_files, images = _index_split_folder(folder)
             if not label_files:
-                raise FileNotFoundError(f"AI-Hub: no .json label files under {folder} ({self.layout_hint()})")
+                raise DatasetNotFoundError(
+                    f"AI-Hub: no .json label files under {folder} ({self.layout_hint()})"
+                )
             for label_file in label_files:
                 self._read_label_file(label_file, images, folder, builder)
             tables[split] = builder.build()

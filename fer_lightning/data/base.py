@@ -36,7 +36,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from fer_lightning.data.io import BadSampleError, FaceCrop, FaceCropper, read_rgb
+from fer_lightning.data.io import BadSampleError, DirectoryIndex, FaceCrop, FaceCropper, read_rgb
 from fer_lightning.data.resumable import EpochKeyedSampler, SampleKey, sample_generators
 from fer_lightning.data.samplers import (
     EpochShuffleSampler,
@@ -330,6 +330,9 @@ class FERDataModule(L.LightningDataModule):
     CLASS_NAMES: tuple[str, ...] = ()
     DATASET_NAME = "dataset"
     SYNTHETIC_FORMAT: str | None = None
+    #: Paths relative to the root (``/``-separated), at least one of which exists in the dataset's root
+    #: folder: how setup tells a wrong ``data.root`` from a broken dataset (empty: no such check).
+    ROOT_MARKERS: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -395,6 +398,23 @@ class FERDataModule(L.LightningDataModule):
         """A builder for one official split of this dataset's classes."""
         return SplitBuilder(split, self.num_classes)
 
+    def configure_face_crops(
+        self, crop_margin: float, crop_size: int | None, crop_cache: bool, crop_cache_dir: str | None
+    ) -> None:
+        """Set up :attr:`face_cropper` from a dataset's ``data.crop_*`` options (datasets shipped as full
+        pictures with face boxes: AffectNet's CSV release, AI-Hub)."""
+        if crop_margin < 0:
+            raise ConfigurationError(f"{self.DATASET_NAME}: data.crop_margin must be ≥ 0, got {crop_margin}")
+        if crop_size is not None and crop_size < 1:
+            raise ConfigurationError(
+                f"{self.DATASET_NAME}: data.crop_size must be a side in pixels ≥ 1 (or null), got {crop_size}"
+            )
+        self.face_cropper = FaceCropper(
+            margin=crop_margin,
+            size=crop_size,
+            cache_dir=face_crop_cache_dir(crop_cache_dir) if crop_cache else None,
+        )
+
     # ---- shared machinery ---------------------------------------------------------------------
     @property
     def root(self) -> Path:
@@ -413,25 +433,26 @@ class FERDataModule(L.LightningDataModule):
         if self.tables:
             return
         root = self.root
-        if not root.is_dir():
-            raise DatasetNotFoundError(f"{self.DATASET_NAME} root not found: {root} ({self.layout_hint()})")
+        self.check_root(root)
         tables = self.read_splits(root)
         self._report_left_out_rows(tables)
         for split, table in tables.items():
             if len(table) == 0:
-                raise ValueError(
+                raise ConfigurationError(
                     f"{self.DATASET_NAME}: split '{split}' is empty under {root} ({self.layout_hint()})"
                 )
+        self._check_training_classes(tables["train"], root)
         if "val" not in tables:
             train = tables["train"]
             kept, carved = stratified_split(train.labels, self.hparams.val_fraction, self.hparams.split_seed)
             if len(carved) == 0 or len(kept) == 0:
-                raise ValueError(
+                raise ConfigurationError(
                     f"{self.DATASET_NAME}: carving data.val_fraction={self.hparams.val_fraction} out of "
                     f"{len(train)} training images under {root} leaves an empty train or val split"
                 )
             tables["train"], tables["val"] = train.subset(kept), train.subset(carved)
         self.tables = {split: tables[split] for split in SPLITS}
+        self._warn_about_empty_evaluation_classes(root)
         if self.hparams.on_bad_sample == "skip":
             self.bad_sample_log = self._bad_sample_log_path()
         for split, table in self.tables.items():
@@ -454,6 +475,57 @@ class FERDataModule(L.LightningDataModule):
                 sample_seed=run_seed() if split == "train" else None,
             )
         self._save_split_index()
+
+    def check_root(self, root: Path) -> None:
+        """Raise one line when ``root`` is not this dataset's folder, saying what was expected and, when
+        the dataset sits one level below or above, which folder was probably meant."""
+        if not root.is_dir():
+            raise DatasetNotFoundError(
+                f"{self.DATASET_NAME} root not found: {root} does not exist ({self.layout_hint()})"
+            )
+        if not self.ROOT_MARKERS or self.has_root_markers(root):
+            return
+        listing = DirectoryIndex()
+        below = [
+            folder for _, folder in sorted(listing.subfolders(root).items()) if self.has_root_markers(folder)
+        ]
+        if below:
+            hint = f"; it contains {below[0].name}/: did you mean --data.root {below[0]}?"
+        elif root.parent != root and self.has_root_markers(root.parent):
+            hint = f"; it is inside the dataset: did you mean --data.root {root.parent}?"
+        else:
+            entries = sorted(listing.listing(root).items())
+            shown = [f"{name}/" if entry.is_dir() else name for name, entry in entries[:6]]
+            more = f", … ({len(entries)} entries)" if len(entries) > len(shown) else ""
+            hint = f"; it contains {', '.join(shown)}{more}" if shown else "; it is empty"
+        raise DatasetNotFoundError(f"{self.DATASET_NAME} not found under {root} ({self.layout_hint()}){hint}")
+
+    def has_root_markers(self, root: Path) -> bool:
+        """Whether ``root`` holds one of :attr:`ROOT_MARKERS`; datasets found below their root override it."""
+        return any((root / marker).exists() for marker in self.ROOT_MARKERS)
+
+    def _check_training_classes(self, train: SplitTable, root: Path) -> None:
+        """A class without training images cannot be learnt: one line naming it, not a silent 0 % class."""
+        counts = np.bincount(train.labels, minlength=self.num_classes)
+        empty = [f"{self.class_names[label]} (id {label})" for label in np.flatnonzero(counts == 0)]
+        if empty:
+            raise ConfigurationError(
+                f"{self.DATASET_NAME}: no training images of class {', '.join(empty)} under {root}; every "
+                "class needs training images: check that the copy of the dataset is complete"
+            )
+
+    def _warn_about_empty_evaluation_classes(self, root: Path) -> None:
+        for split in ("val", "test"):
+            counts = np.bincount(self.tables[split].labels, minlength=self.num_classes)
+            empty = [self.class_names[label] for label in np.flatnonzero(counts == 0)]
+            if empty:
+                warnings.warn(
+                    f"{self.DATASET_NAME}: the {split} split under {root} has no images of class "
+                    f"{', '.join(empty)}; its per-class accuracy is undefined and mean class accuracy "
+                    "averages over the other classes",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     def _report_left_out_rows(self, tables: dict[str, SplitTable]) -> None:
         """Raise on bad input (default), else warn; log known-invalid rows. Counts are kept for summaries."""

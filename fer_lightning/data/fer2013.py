@@ -22,6 +22,7 @@ from fer_lightning.data.formats import (
     FERPLUS_EXTRA_COLUMNS,
 )
 from fer_lightning.data.io import BadSampleError, DirectoryIndex
+from fer_lightning.errors import DatasetNotFoundError
 
 USAGES = FER2013_USAGES
 FER2013_FILE = "fer2013.csv"
@@ -113,6 +114,7 @@ class FER2013DataModule(FERDataModule):
     DATASET_NAME = "FER2013"
     CLASS_NAMES = FER2013_CLASS_NAMES
     SYNTHETIC_FORMAT = "fer2013"
+    ROOT_MARKERS = (FER2013_FILE,)
 
     def __init__(
         self,
@@ -152,6 +154,9 @@ class FER2013DataModule(FERDataModule):
         ferplus = f" and {FERPLUS_FILE} (FER+ votes)" if self.hparams.labels == "ferplus" else ""
         return f"expected {FER2013_FILE} (emotion,pixels,Usage){ferplus} in the root or one folder below"
 
+    def has_root_markers(self, root: Path) -> bool:
+        return find_file(root, FER2013_FILE) is not None
+
     def load_image(self, source: np.ndarray) -> np.ndarray:
         return cv2.cvtColor(source, cv2.COLOR_GRAY2RGB)
 
@@ -185,7 +190,9 @@ class FER2013DataModule(FERDataModule):
     def read_splits(self, root: Path) -> dict[str, SplitTable]:
         fer_path = find_file(root, FER2013_FILE)
         if fer_path is None:
-            raise FileNotFoundError(f"FER2013: {FER2013_FILE} not found under {root} ({self.layout_hint()})")
+            raise DatasetNotFoundError(
+                f"FER2013: {FER2013_FILE} not found under {root} ({self.layout_hint()})"
+            )
         builders = {split: self.new_split(split) for split in ("train", "val", "test")}
         fer_rows = _read_csv_rows(fer_path, ("emotion", "pixels", "Usage"))
         if self.hparams.labels == "fer2013":
@@ -194,7 +201,7 @@ class FER2013DataModule(FERDataModule):
         else:
             ferplus_path = find_file(root, FERPLUS_FILE)
             if ferplus_path is None:
-                raise FileNotFoundError(
+                raise DatasetNotFoundError(
                     f"FER+: {FERPLUS_FILE} not found under {root} (data.labels=ferplus; {self.layout_hint()})"
                 )
             columns = ("Usage", "Image name", *FERPLUS_CLASS_NAMES, *FERPLUS_EXTRA_COLUMNS)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from fer_lightning.data.base import FERDataModule, SplitBuilder, SplitTable
 from fer_lightning.data.formats import RAFDB_CLASS_NAMES, RAFDB_IMAGE_DIR, RAFDB_LIST_FILE
 from fer_lightning.data.io import IMAGE_SUFFIXES, DirectoryIndex, nfc
+from fer_lightning.errors import DatasetNotFoundError
 
 LIST_FILE = Path(RAFDB_LIST_FILE)
 ALIGNED_DIR = Path(RAFDB_IMAGE_DIR)
@@ -72,6 +73,7 @@ class RAFDBDataModule(FERDataModule):
     CLASS_NAMES = RAFDB_CLASS_NAMES
     DATASET_NAME = "RAF-DB"
     SYNTHETIC_FORMAT = "rafdb"
+    ROOT_MARKERS = (RAFDB_LIST_FILE, "train")
 
     def __init__(
         self,
@@ -105,11 +107,13 @@ class RAFDBDataModule(FERDataModule):
                 (index.subfolders(root)[name] for name in names if name in index.subfolders(root)), None
             )
             if folder is None:
-                raise FileNotFoundError(f"RAF-DB ImageFolder layout: no {' or '.join(names)}/ under {root}")
+                raise DatasetNotFoundError(
+                    f"RAF-DB ImageFolder layout: no {' or '.join(names)}/ under {root}"
+                )
             builder = self.new_split(split)
             class_folders = index.subfolders(folder)
             if not class_folders:
-                raise FileNotFoundError(f"RAF-DB ImageFolder layout: no class folders 1..7 in {folder}")
+                raise DatasetNotFoundError(f"RAF-DB ImageFolder layout: no class folders 1..7 in {folder}")
             for name, class_folder in sorted(class_folders.items()):
                 self._add_class_folder(builder, name, class_folder, index)
             tables[split] = builder.build()
@@ -130,7 +134,7 @@ class RAFDBDataModule(FERDataModule):
     def _read_list(self, root: Path) -> dict[str, SplitTable]:
         list_file = root / LIST_FILE
         if not list_file.is_file():
-            raise FileNotFoundError(f"RAF-DB label list not found: {list_file} ({self.layout_hint()})")
+            raise DatasetNotFoundError(f"RAF-DB label list not found: {list_file} ({self.layout_hint()})")
         builders = {split: self.new_split(split) for split in ("train", "test")}
         # A line whose split is unknown is counted with train, the split most lines belong to.
         records = read_rafdb_list(list_file, builders["train"].bad)
