@@ -183,3 +183,20 @@ def test_every_dataset_says_when_its_root_is_one_level_down(tmp_path, fmt, datam
     ):
         datamodule.setup("fit")
     datamodule_class(root=str(meant), num_workers=0, val_fraction=0.3, **options).setup("fit")
+
+
+# ------------------------------------------------------------------------------ face-crop options
+
+
+@pytest.mark.parametrize("datamodule_class", [AffectNetDataModule, AIHubKoreanDataModule])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"crop_margin": -0.1}, "data.crop_margin must be ≥ 0"), ({"crop_size": 0}, "data.crop_size")],
+)
+def test_crop_options_are_checked_for_every_dataset_with_face_boxes(datamodule_class, option, message):
+    with pytest.raises(ConfigurationError, match=rf"{datamodule_class.DATASET_NAME}: {message}"):
+        datamodule_class(synthetic_size=10, **option)
+    cropper = datamodule_class(
+        synthetic_size=10, crop_margin=0.3, crop_size=40, crop_cache=False
+    ).face_cropper
+    assert (cropper.margin, cropper.size, cropper.cache_dir) == (0.3, 40, None)
