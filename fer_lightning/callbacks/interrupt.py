@@ -73,6 +73,7 @@ class InterruptCheckpoint(Callback):
             self.checkpoint_path = self._save(trainer)
         signal_number = self.signal_number or signal.SIGTERM
         exception.code = 128 + signal_number
+        log_dir = trainer.log_dir  # a broadcast from rank 0 under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
         if self.checkpoint_path is None:
@@ -82,7 +83,7 @@ class InterruptCheckpoint(Callback):
                 file=sys.stderr,
             )
             return
-        config = os.path.join(trainer.log_dir, "config.yaml") if trainer.log_dir else None
+        config = os.path.join(log_dir, "config.yaml") if log_dir else None
         config = config if config and os.path.isfile(config) else "<the run's config.yaml>"
         print(
             f"interrupted at epoch {trainer.current_epoch} step {trainer.global_step}; resume with: "
