@@ -71,7 +71,9 @@ def test_resume_from_last_equals_the_uninterrupted_run(tiny_rafdb, tmp_path, wor
     fit(tiny_rafdb, tmp_path / "straight", "--trainer.max_epochs=2", workers=workers)
     fit(tiny_rafdb, tmp_path / "resumed", "--trainer.max_epochs=1", workers=workers)
     [run] = run_folders(tmp_path / "resumed")
-    fit(tiny_rafdb, tmp_path / "resumed", "--trainer.max_epochs=2", f"--ckpt_path={run}/checkpoints/last.ckpt")
+    fit(
+        tiny_rafdb, tmp_path / "resumed", "--trainer.max_epochs=2", f"--ckpt_path={run}/checkpoints/last.ckpt"
+    )
 
     [straight] = run_folders(tmp_path / "straight")
     assert run_folders(tmp_path / "resumed") == [run]  # continued in its own folder
@@ -100,6 +102,7 @@ def test_resume_inside_an_epoch_continues_with_the_remaining_samples(tiny_rafdb,
     assert torch.load(mid_epoch, weights_only=False)["epoch"] == 0
 
     fit(tiny_rafdb, tmp_path, "--trainer.max_epochs=2", *STEP_CHECKPOINT, f"--ckpt_path={mid_epoch}")
+    assert not list((run / "checkpoints").glob("last-v*.ckpt"))  # last.ckpt itself was rewritten
     assert_same_weights(uninterrupted, weights(run / "checkpoints/last.ckpt"))
     assert [r["val/acc"] for r in metrics(run) if r.get("val/acc")] == validation
 

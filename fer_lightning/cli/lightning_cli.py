@@ -314,6 +314,8 @@ def trainer_defaults(selection_metric: str = SELECTION_METRIC) -> dict:
                 filename=f"best-epoch{{epoch:02d}}-{metric_in_name}{{{selection_metric}:.4f}}",
                 auto_insert_metric_name=False,
                 save_last=True,
+                # A run resumed in its folder from an older checkpoint rewrites last.ckpt, not last-v1.ckpt.
+                enable_version_counter=False,
             ),
             ConfusionMatrixPlot(monitor=selection_metric, mode=mode),
             TrainingCurvesPlot(),
