@@ -296,7 +296,8 @@ def test_fit_fast_dev_run_on_synthetic_data(tmp_path, release):
     train_sources = cli.datamodule.tables["train"].sources
     assert all(isinstance(source, FaceCrop) == (release == "csv") for source in train_sources)
     assert cli.model.num_classes == 8 and cli.model.class_names[7] == "Contempt"
-    assert isinstance(cli.trainer.train_dataloader.sampler, ImbalancedDatasetSampler)  # the config's sampler
+    # the config's sampler, inside the wrapper that keys each sample by epoch for its augmentation
+    assert isinstance(cli.trainer.train_dataloader.sampler.sampler, ImbalancedDatasetSampler)
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,7 @@ def test_confusion_matrix_figure_uses_the_glosses_and_the_csv_keeps_the_names(mo
         lambda counts, names, path, title: drawn.update(names=names),
     )
     trainer = SimpleNamespace(
-        log_dir=str(tmp_path), is_global_zero=True, datamodule=datamodule, current_epoch=0
+        log_dir=str(tmp_path), is_global_zero=True, datamodule=datamodule, current_epoch=0, loggers=[]
     )
     module = SimpleNamespace(
         last_confusion={"test": torch.eye(7, dtype=torch.long)}, class_names=datamodule.class_names

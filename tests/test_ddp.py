@@ -70,6 +70,9 @@ def _cba_step(backend: str, rows: slice) -> dict[str, torch.Tensor]:
 
 
 def _cba_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    # A forked child must not enter the OpenMP pool its parent already started (it would wait forever
+    # for threads that were not forked); DataLoader workers do the same.
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         for backend in CBA_BACKENDS:

@@ -123,7 +123,7 @@ def _check_paper_recipe(config, cli, forward_passes):
     scale, p = recipe["erasing"]
     assert augmentations["HorizontalFlip"].p == 0.5
     assert (tuple(augmentations["Erasing"].scale), augmentations["Erasing"].p) == (scale, p)
-    sampler = trainer.train_dataloader.sampler
+    sampler = trainer.train_dataloader.sampler.sampler  # inside the wrapper that keys samples by epoch
     assert isinstance(sampler, ImbalancedDatasetSampler) == (recipe["sampler"] == "imbalanced")
 
 
