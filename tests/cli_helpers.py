@@ -1,5 +1,5 @@
-"""Shared by the CLI tests: the CLI run in-process, handing back what it built, and a
-``fit --trainer.fast_dev_run`` of a quickstart config."""
+"""Shared by the CLI tests: a tiny synthetic RAF-DB folder, the arguments of a small quickstart run, the
+CLI run in-process handing back what it built, and a ``fit --trainer.fast_dev_run`` of an experiment config."""
 
 from __future__ import annotations
 
@@ -11,6 +11,35 @@ from pathlib import Path
 from fer_lightning.cli import main
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+QUICKSTART = str(EXPERIMENTS / "quickstart.yaml")
+
+
+def write_tiny_rafdb(folder: Path, num_images: int, seed: int) -> Path:
+    """``fer-lightning make-synthetic`` of a RAF-DB folder with ``num_images`` images into ``folder``;
+    returns ``folder``."""
+    size = ["--num-images", str(num_images), "--seed", str(seed)]
+    main(["make-synthetic", "--format", "rafdb", "--out", str(folder), *size])
+    return folder
+
+
+def quickstart_args(
+    root: Path | None,
+    save_dir: Path | None,
+    *extra: str,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    config: str | Path = QUICKSTART,
+) -> list[str]:
+    """The arguments after the subcommand for a small, quiet run of ``config``: 32 px images, no model
+    summary or progress bar, then ``extra`` (later arguments override earlier ones). ``root`` None keeps
+    the config's data (its synthetic set); ``save_dir`` None keeps the config's logger as written."""
+    args = ["--config", str(config)]
+    if root is not None:
+        args.append(f"--data.root={root}")
+    args += [f"--data.batch_size={batch_size}", f"--data.num_workers={num_workers}", "--data.img_size=32"]
+    if save_dir is not None:
+        args.append(f"--trainer.logger.init_args.save_dir={save_dir}")
+    return [*args, "--trainer.enable_model_summary=false", "--trainer.enable_progress_bar=false", *extra]
 
 
 def run_cli(args: list[str], before_fit: Callable | None = None):
@@ -71,21 +100,9 @@ def fast_dev_run(config: str, save_dir: Path, *overrides: str, before_fit: Calla
     previous = os.getcwd()
     os.chdir(save_dir)
     try:
-        return run_cli(
-            [
-                "fit",
-                "--config",
-                str(EXPERIMENTS / config),
-                "--data.batch_size=4",
-                "--data.num_workers=0",
-                "--data.img_size=32",
-                f"--trainer.logger.init_args.save_dir={save_dir}",
-                "--trainer.enable_model_summary=false",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.fast_dev_run=true",
-                *overrides,
-            ],
-            before_fit,
+        args = quickstart_args(
+            None, save_dir, "--trainer.fast_dev_run=true", *overrides, config=EXPERIMENTS / config
         )
+        return run_cli(["fit", *args], before_fit)
     finally:
         os.chdir(previous)

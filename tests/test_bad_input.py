@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from cli_helpers import quickstart_args
 
 from fer_lightning.cli import main
 from fer_lightning.data import AIHubKoreanDataModule, FER2013DataModule, RAFDBDataModule
@@ -20,7 +21,6 @@ from fer_lightning.data.base import BadSampleWarning, read_bad_sample_log
 from fer_lightning.data.io import BadSampleError
 from fer_lightning.data.synthetic import write_synthetic
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 OPTIONS = dict(batch_size=4, num_workers=0, img_size=32)
 
 
@@ -252,19 +252,14 @@ def test_cli_run_reports_skipped_images_in_the_run_folder(written, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     args = [
         "fit",
-        "--config",
-        str(EXPERIMENTS / "quickstart.yaml"),
-        f"--data.root={root}",
-        "--data.batch_size=4",
-        "--data.num_workers=0",
-        "--data.img_size=32",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        "--trainer.enable_model_summary=false",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=0.2",  # a float: "1" would parse as 100 %
-        "--trainer.limit_val_batches=0.5",
-        "--trainer.num_sanity_val_steps=0",
+        *quickstart_args(
+            root,
+            tmp_path,
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=0.2",  # a float: "1" would parse as 100 %
+            "--trainer.limit_val_batches=0.5",
+            "--trainer.num_sanity_val_steps=0",
+        ),
     ]
     with pytest.raises(SystemExit):  # the CLI prints a bad sample as one error line
         main(args)

@@ -9,35 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli_helpers import finite_metrics, run_cli
+from cli_helpers import QUICKSTART, finite_metrics, quickstart_args, run_cli, write_tiny_rafdb
 
 from fer_lightning.cli import main
 from fer_lightning.data.formats import RAFDB_CLASS_NAMES
 from fer_lightning.data.synthetic import MANIFEST_NAME
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
-
 
 @pytest.fixture(scope="module")
 def tiny_rafdb(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_rafdb")
-    main(["make-synthetic", "--format", "rafdb", "--out", str(root), "--num-images", "150", "--seed", "1"])
-    return root
+    return write_tiny_rafdb(tmp_path_factory.mktemp("tiny_rafdb"), num_images=150, seed=1)
 
 
 def _small_run_args(root, save_dir, *extra):
-    return [
-        "--config",
-        QUICKSTART,
-        f"--data.root={root}",
-        "--data.batch_size=8",
-        "--data.num_workers=0",
-        "--data.img_size=32",
-        f"--trainer.logger.init_args.save_dir={save_dir}",
-        "--trainer.enable_model_summary=false",
-        *extra,
-    ]
+    return quickstart_args(root, save_dir, *extra, batch_size=8)
 
 
 def test_make_synthetic_writes_rafdb(tiny_rafdb):
@@ -141,8 +126,7 @@ def test_wandb_logger_offline_does_not_hang(tiny_rafdb, tmp_path, monkeypatch):
             }
         )
     )
-    args = _small_run_args(tiny_rafdb, tmp_path, "--trainer.max_steps=2", "--trainer.limit_val_batches=2")
-    args = [a for a in args if not a.startswith("--trainer.logger")]
+    args = _small_run_args(tiny_rafdb, None, "--trainer.max_steps=2", "--trainer.limit_val_batches=2")
     main(["fit", *args, "--config", str(loggers)])
     assert glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert os.path.isfile(tmp_path / "wb" / "version_0" / "config.yaml")

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from cli_helpers import run_cli
+from cli_helpers import quickstart_args, run_cli, write_tiny_rafdb
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -224,25 +224,11 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_rafdb(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_rafdb")
-    main(["make-synthetic", "--format", "rafdb", "--out", str(root), "--num-images", "60", "--seed", "1"])
-    return root
+    return write_tiny_rafdb(tmp_path_factory.mktemp("tiny_rafdb"), num_images=60, seed=1)
 
 
-def _quickstart_args(root, save_dir, *extra):
-    return [
-        "fit",
-        "--config",
-        str(REPO / "experiments" / "quickstart.yaml"),
-        f"--data.root={root}",
-        "--data.batch_size=4",
-        "--data.num_workers=0",
-        "--data.img_size=32",
-        f"--trainer.logger.init_args.save_dir={save_dir}",
-        "--trainer.enable_model_summary=false",
-        "--trainer.enable_progress_bar=false",
-        *extra,
-    ]
+def _fit_args(root, save_dir, *extra):
+    return ["fit", *quickstart_args(root, save_dir, *extra)]
 
 
 def _all_finite_checkpoints(folder):
@@ -254,7 +240,7 @@ def _all_finite_checkpoints(folder):
 
 
 def test_a_diverging_run_stops_with_one_line(tiny_rafdb, tmp_path, capsys):
-    args = _quickstart_args(
+    args = _fit_args(
         tiny_rafdb, tmp_path, "--trainer.max_epochs=3", "--model.init_args.optimizer.init_args.lr=1e8"
     )
     with pytest.raises(SystemExit) as exited:
@@ -267,7 +253,7 @@ def test_a_diverging_run_stops_with_one_line(tiny_rafdb, tmp_path, capsys):
 
 def test_sam_takes_the_trainers_gradient_clipping_through_the_cli(tiny_rafdb, tmp_path):
     cli = run_cli(
-        _quickstart_args(
+        _fit_args(
             tiny_rafdb,
             tmp_path,
             "--trainer.fast_dev_run=true",
@@ -282,7 +268,7 @@ def test_sam_takes_the_trainers_gradient_clipping_through_the_cli(tiny_rafdb, tm
 
 def _fit_subprocess(root, save_dir, marker):
     pause = {"class_path": "interrupt_helpers.PauseAfterBatch", "init_args": {"marker": str(marker)}}
-    args = _quickstart_args(
+    args = _fit_args(
         root,
         save_dir,
         "--trainer.max_epochs=2",

@@ -9,10 +9,9 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from cli_helpers import count_training_loss_calls, finite_metrics, run_cli
+from cli_helpers import count_training_loss_calls, finite_metrics, run_cli, write_tiny_rafdb
 from torch.utils.data import DataLoader, TensorDataset
 
-from fer_lightning.cli import main
 from fer_lightning.models import POSTERPP, PosterBody
 from fer_lightning.models.backbones import IR50, MobileFaceNet
 from fer_lightning.models.backbones.poster_body import POSTER_BODY_VARIANTS
@@ -226,8 +225,7 @@ def test_sam_training_through_lightning_keeps_the_landmark_net_fixed(tmp_path):
 
 
 def test_fast_dev_run_through_the_cli(tmp_path):
-    root = tmp_path / "rafdb"
-    main(["make-synthetic", "--format", "rafdb", "--out", str(root), "--num-images", "40", "--seed", "2"])
+    root = write_tiny_rafdb(tmp_path / "rafdb", num_images=40, seed=2)
     config = {
         "trainer": {
             "fast_dev_run": True,

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import EXPERIMENTS, quickstart_args, write_tiny_rafdb
 
 from fer_lightning.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
 # A step checkpoint written inside epoch 0 (16 training batches per epoch here).
 STEP_CHECKPOINT = [
     "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
@@ -23,28 +22,14 @@ STEP_CHECKPOINT = [
 
 @pytest.fixture(scope="module")
 def tiny_rafdb(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_rafdb")
-    main(["make-synthetic", "--format", "rafdb", "--out", str(root), "--num-images", "150", "--seed", "1"])
-    return root
+    return write_tiny_rafdb(tmp_path_factory.mktemp("tiny_rafdb"), num_images=150, seed=1)
 
 
 def fit(root, save_dir, *extra, workers=0):
-    main(
-        [
-            "fit",
-            "--config",
-            QUICKSTART,
-            f"--data.root={root}",
-            "--data.batch_size=8",
-            f"--data.num_workers={workers}",
-            "--data.img_size=32",
-            f"--trainer.logger.init_args.save_dir={save_dir}",
-            "--trainer.enable_model_summary=false",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.log_every_n_steps=1",
-            *extra,
-        ]
+    args = quickstart_args(
+        root, save_dir, "--trainer.log_every_n_steps=1", *extra, batch_size=8, num_workers=workers
     )
+    main(["fit", *args])
 
 
 def run_folders(save_dir) -> list[Path]:
@@ -137,10 +122,10 @@ def test_selection_metric_must_be_a_validation_metric(tiny_rafdb, tmp_path, caps
     assert "selection_metric='test/acc' is not a validation metric" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "experiments").glob("*affectnet*.yaml")))
+@pytest.mark.parametrize("config", sorted(p.name for p in EXPERIMENTS.glob("*affectnet*.yaml")))
 def test_affectnet_configs_select_on_mean_class_accuracy(config, capsys):
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(REPO / "experiments" / config), "--print_config"])
+        main(["fit", "--config", str(EXPERIMENTS / config), "--print_config"])
     assert "selection_metric: val/mean_class_acc" in capsys.readouterr().out.splitlines()
 
 

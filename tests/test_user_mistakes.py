@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_helpers import EXPERIMENTS, QUICKSTART, quickstart_args, write_tiny_rafdb
 from torch.utils.data import DataLoader, Dataset
 
 # Imported here, not first inside a test: Lightning's log handlers keep the stderr they find at import,
@@ -29,32 +30,14 @@ from fer_lightning.data.formats import AFFECTNET_CLASS_NAMES, RAFDB_CLASS_NAMES
 from fer_lightning.errors import ConfigurationError, DatasetNotFoundError, FERLightningError, WeightsError
 from fer_lightning.models.backbones.checkpoint import read_state_dict
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-QUICKSTART = str(EXPERIMENTS / "quickstart.yaml")
-
 
 @pytest.fixture(scope="module")
 def tiny_rafdb(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_rafdb")
-    main(["make-synthetic", "--format", "rafdb", "--out", str(root), "--num-images", "40", "--seed", "3"])
-    return root
+    return write_tiny_rafdb(tmp_path_factory.mktemp("tiny_rafdb"), num_images=40, seed=3)
 
 
 def _fit(root, tmp_path, *extra, config=QUICKSTART):
-    return [
-        "fit",
-        "--config",
-        config,
-        f"--data.root={root}",
-        "--data.batch_size=4",
-        "--data.num_workers=0",
-        "--data.img_size=32",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        "--trainer.fast_dev_run=true",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        *extra,
-    ]
+    return ["fit", *quickstart_args(root, tmp_path, "--trainer.fast_dev_run=true", *extra, config=config)]
 
 
 def _fails(capsys, args, status=1) -> str:

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import run_cli
+from cli_helpers import quickstart_args, run_cli, write_tiny_rafdb
 from wandb.proto import wandb_internal_pb2
 
 from fer_lightning.callbacks import training_curves
-from fer_lightning.cli import main
 from fer_lightning.plots import read_metrics_csv
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_EPOCHS = 2
 BLOCK = 32768
 
@@ -34,8 +32,7 @@ def _finish_wandb(cli) -> Path:
 def wandb_runs(tmp_path_factory):
     """A tiny fit and a test of its best checkpoint, logging to CSV and to W&B (offline)."""
     tmp = tmp_path_factory.mktemp("wandb_runs")
-    data = tmp / "rafdb"
-    main(["make-synthetic", "--format", "rafdb", "--out", str(data), "--num-images", "60", "--seed", "4"])
+    data = write_tiny_rafdb(tmp / "rafdb", num_images=60, seed=4)
     loggers = tmp / "loggers.yaml"
     loggers.write_text(
         yaml.safe_dump(
@@ -55,22 +52,17 @@ def wandb_runs(tmp_path_factory):
             }
         )
     )
-    args = [
-        "--config",
-        str(REPO / "experiments" / "quickstart.yaml"),
+    args = quickstart_args(
+        data,
+        None,  # the loggers come from the second config
         "--config",
         str(loggers),
-        f"--data.root={data}",
-        "--data.batch_size=8",
-        "--data.num_workers=0",
-        "--data.img_size=32",
-        "--trainer.enable_model_summary=false",
-        "--trainer.enable_progress_bar=false",
         f"--trainer.max_epochs={MAX_EPOCHS}",
         "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=1",
         "--trainer.log_every_n_steps=1",
-    ]
+        batch_size=8,
+    )
     drawn = []  # the metrics each training-curve drawing was made from
 
     def recording_plot(metrics_csv, *plot_args, **kwargs):
