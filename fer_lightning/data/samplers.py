@@ -42,21 +42,15 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation of ``range(num_samples)`` that depends on ``(seed, epoch)`` only.
+class EpochKeyedSampler(Sampler[int]):
+    """``num_samples`` indices per epoch, drawn by :meth:`draw` from a generator keyed on ``(seed, epoch)``.
 
-    Replaces ``DataLoader(shuffle=True)``, whose ``RandomSampler`` draws from the global RNG (so a
-    resumed run, or another rank, would see another order). Call :meth:`set_epoch` before each epoch
-    (Lightning's fit loop does); under DDP Lightning wraps this sampler in ``DistributedSamplerWrapper``,
-    which forwards ``set_epoch`` and gives each rank a disjoint share of the permutation.
-
-    Args:
-        data_source: anything with ``len()`` (the dataset).
-        seed: the run's seed (:func:`run_seed`).
+    Call :meth:`set_epoch` before each epoch (Lightning's fit loop does; under DDP its
+    ``DistributedSamplerWrapper`` forwards the call).
     """
 
-    def __init__(self, data_source: Sized, seed: int = 0) -> None:
-        self.num_samples = len(data_source)
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
 
@@ -67,11 +61,33 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.num_samples, generator=epoch_generator(self.seed, self.epoch))
-        return iter(order.tolist())
+        return iter(self.draw(epoch_generator(self.seed, self.epoch)).tolist())
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        """This epoch's ``num_samples`` indices, drawn from ``generator`` and nothing else."""
+        raise NotImplementedError
 
 
-class ImbalancedDatasetSampler(Sampler[int]):
+class EpochShuffleSampler(EpochKeyedSampler):
+    """A permutation of ``range(num_samples)`` that depends on ``(seed, epoch)`` only.
+
+    Replaces ``DataLoader(shuffle=True)``, whose ``RandomSampler`` draws from the global RNG (so a
+    resumed run, or another rank, would see another order). Under DDP Lightning wraps this sampler in
+    ``DistributedSamplerWrapper``, which gives each rank a disjoint share of the permutation.
+
+    Args:
+        data_source: anything with ``len()`` (the dataset).
+        seed: the run's seed (:func:`run_seed`).
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+        super().__init__(len(data_source), seed)
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.num_samples, generator=generator)
+
+
+class ImbalancedDatasetSampler(EpochKeyedSampler):
     """Draw indices with probability proportional to 1 / count(label), with replacement.
 
     POSTER++ and BTN train AffectNet with ``torchsampler.ImbalancedDatasetSampler``; this is our own
@@ -94,20 +110,10 @@ class ImbalancedDatasetSampler(Sampler[int]):
             raise ValueError(f"labels must be non-negative class ids, got {int(labels_tensor.min())}")
         class_counts = torch.bincount(labels_tensor).double()
         self.weights = 1.0 / class_counts[labels_tensor]
-        self.num_samples = len(labels_tensor) if num_samples is None else int(num_samples)
-        self.seed = seed
-        self.epoch = 0
+        super().__init__(len(labels_tensor) if num_samples is None else int(num_samples), seed)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[int]:
-        generator = epoch_generator(self.seed, self.epoch)
-        draw = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)
-        return iter(draw.tolist())
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)
 
 
 class EvaluationShardSampler(DistributedSampler):
