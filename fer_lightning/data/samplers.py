@@ -42,7 +42,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-class EpochKeyedSampler(Sampler[int]):
+class EpochSeededSampler(Sampler[int]):
     """``num_samples`` indices per epoch, drawn by :meth:`draw` from a generator keyed on ``(seed, epoch)``.
 
     Call :meth:`set_epoch` before each epoch (Lightning's fit loop does; under DDP its
@@ -68,7 +68,7 @@ class EpochKeyedSampler(Sampler[int]):
         raise NotImplementedError
 
 
-class EpochShuffleSampler(EpochKeyedSampler):
+class EpochShuffleSampler(EpochSeededSampler):
     """A permutation of ``range(num_samples)`` that depends on ``(seed, epoch)`` only.
 
     Replaces ``DataLoader(shuffle=True)``, whose ``RandomSampler`` draws from the global RNG (so a
@@ -87,7 +87,7 @@ class EpochShuffleSampler(EpochKeyedSampler):
         return torch.randperm(self.num_samples, generator=generator)
 
 
-class ImbalancedDatasetSampler(EpochKeyedSampler):
+class ImbalancedDatasetSampler(EpochSeededSampler):
     """Draw indices with probability proportional to 1 / count(label), with replacement.
 
     POSTER++ and BTN train AffectNet with ``torchsampler.ImbalancedDatasetSampler``; this is our own
