@@ -66,7 +66,7 @@ def checkpoint_global_step(ckpt_path: str | os.PathLike) -> int:
     """The optimiser step a checkpoint was written at (memory-mapped: the weights are not read)."""
     import torch
 
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     return int(checkpoint.get("global_step", 0))
 
 
