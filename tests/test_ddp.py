@@ -17,6 +17,7 @@ import csv
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -25,11 +26,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from cli_helpers import run_cli
+from lightning.pytorch.strategies import DDPStrategy
 from ops_helpers import TRITON_RUNS_ON_CPU
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from fer_lightning.cli import main
 from fer_lightning.data import FERDataModule
+from fer_lightning.errors import NonFiniteLossError
 from fer_lightning.models.base import FERClassifier
 from fer_lightning.models.btn import BatchTransformer
 
@@ -253,3 +256,170 @@ def test_validation_metrics_under_ddp_count_each_sample_once():
     assert metrics["val/class_acc/c"] == pytest.approx(2 / 3)
     expected_loss = float(torch.nn.functional.cross_entropy(logits, torch.tensor(TARGETS)))
     assert metrics["val/loss"] == pytest.approx(expected_loss, rel=1e-6)
+
+
+# ---- a step that is not finite on one rank is skipped by every rank (forked processes) -----------
+
+STEP_BATCH, STEPS, FAULTY_STEP = 4, 3, 1
+
+
+def _sgd(params):
+    # With momentum, a skipped step that reached the optimiser with zero gradients would still move the weights.
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+class _FaultOnRank1(FERClassifier):
+    """BatchNorm + linear. At step ``FAULTY_STEP``, forward pass ``fault_pass`` of that step (SAM makes
+    two) on rank 1 only produces ``fault``: "loss" (NaN logits) or "grad" (a finite loss, NaN gradient)."""
+
+    def __init__(self, fault: str, fault_pass: int = 0, **kwargs):
+        super().__init__(num_classes=3, optimizer=_sgd, **kwargs)
+        self.norm = torch.nn.BatchNorm1d(4)
+        self.linear = torch.nn.Linear(4, 3)
+        self.kink = torch.nn.Parameter(torch.zeros(()))
+        self.fault, self.fault_pass = fault, fault_pass
+        self.passes_this_step = 0
+        self.report_dir: Path | None = None
+
+    def _skip_step(self, reason: str) -> None:
+        # A worker's exception reaches the test as the launcher's, from one rank: each rank writes its own.
+        try:
+            super()._skip_step(reason)
+        except NonFiniteLossError as error:
+            (self.report_dir / f"rank{self.global_rank}.error").write_text(str(error))
+            raise
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self.passes_this_step = 0
+
+    def forward(self, images):
+        where = (self.global_rank, self._batch_idx, self.passes_this_step)
+        at_fault = self.training and self.fault is not None and where == (1, FAULTY_STEP, self.fault_pass)
+        self.passes_this_step += 1
+        if at_fault and self.fault == "loss":
+            images = images * float("nan")
+        # sqrt(x) at x = kink - kink (exactly 0, whatever kink has become) plus an offset: the same
+        # logits, but d sqrt/dx is inf at offset 0, so kink's gradient is not finite while the loss is.
+        # Every rank uses kink, as DDP needs.
+        offset = 0.0 if at_fault and self.fault == "grad" else 1.0
+        return self.linear(self.norm(images)) + torch.sqrt(self.kink - self.kink.detach() + offset)
+
+
+class _InterleavedShares(Sampler[int]):
+    """Rank r takes samples r, r + 2, ... in order: step k of both ranks uses the samples
+    2 k STEP_BATCH ... 2 (k + 1) STEP_BATCH - 1 (Lightning's distributed sampler would shuffle)."""
+
+    def __init__(self, samples: int) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return self.samples // 2
+
+    def __iter__(self):
+        return iter(range(dist.get_rank(), self.samples, 2))
+
+
+class _EveryRankReports(L.Callback):
+    """Each rank saves its state after every step."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        torch.set_num_threads(1)  # a forked child must not enter its parent's OpenMP pool
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        state = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}
+        torch.save(state, self.out_dir / f"rank{trainer.global_rank}_step{batch_idx}.pt")
+
+
+def _fit_on_two_ranks(
+    model: FERClassifier, data: tuple[torch.Tensor, torch.Tensor], out_dir: Path
+) -> L.Trainer:
+    out_dir.mkdir()
+    model.report_dir = out_dir
+    trainer = L.Trainer(
+        # A rank left waiting in a collective fails after a minute instead of outliving the test.
+        strategy=DDPStrategy(start_method="fork", timeout=timedelta(seconds=60)),
+        devices=2,
+        accelerator="cpu",
+        max_epochs=1,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[_EveryRankReports(out_dir)],
+    )
+    model.take_over_gradient_clipping(trainer)
+    sampler = _InterleavedShares(len(data[1]))
+    trainer.fit(model, DataLoader(TensorDataset(*data), batch_size=STEP_BATCH, sampler=sampler))
+    return trainer  # holding rank 0's callback metrics
+
+
+def _state_after(out_dir: Path, rank: int, step: int) -> dict[str, torch.Tensor]:
+    return torch.load(out_dir / f"rank{rank}_step{step}.pt")
+
+
+def _assert_same_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    for name, value in state.items():
+        # Not bitwise: SAM's w + e - e rounds.
+        torch.testing.assert_close(value, expected[name], msg=f"{name}: {what}")
+
+
+def _training_data() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    samples = 2 * STEP_BATCH * STEPS
+    return torch.randn(samples, 4, generator=generator), torch.randint(0, 3, (samples,), generator=generator)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("fault", "fault_pass", "sam_rho"),
+    [
+        ("loss", 0, None),
+        # DDP averages the gradients before the check, so rank 0 sees rank 1's NaN too.
+        ("grad", 0, None),
+        pytest.param("loss", 0, 0.05, marks=pytest.mark.slow),  # the same check as the first case
+        ("loss", 1, 0.05),
+    ],
+    ids=["loss", "gradient", "SAM first-pass loss", "SAM perturbed loss"],
+)
+def test_a_step_not_finite_on_one_rank_is_skipped_by_every_rank(tmp_path, fault, fault_pass, sam_rho):
+    """The weights of both ranks equal those of a run without that step's batches, BatchNorm
+    statistics included (rank 0's finite forward pass moved them too)."""
+    torch.manual_seed(0)
+    model = _FaultOnRank1(fault, fault_pass, sam_rho=sam_rho, max_nonfinite_steps=2)
+    reference = _FaultOnRank1(None, sam_rho=sam_rho)
+    reference.load_state_dict(model.state_dict())
+    images, labels = _training_data()
+    faulty_samples = slice(2 * STEP_BATCH * FAULTY_STEP, 2 * STEP_BATCH * (FAULTY_STEP + 1))
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[faulty_samples] = False
+
+    trainer = _fit_on_two_ranks(model, (images, labels), tmp_path / "faulty")
+    assert trainer.callback_metrics["train/nonfinite_steps"] == 1  # synced over ranks, counted once
+    _fit_on_two_ranks(reference, (images[keep], labels[keep]), tmp_path / "reference")
+    for rank in range(2):  # BatchNorm statistics differ between ranks until DDP's next broadcast
+        expected = _state_after(tmp_path / "reference", rank, STEPS - 2)
+        before = _state_after(tmp_path / "faulty", rank, FAULTY_STEP - 1)
+        _assert_same_state(
+            _state_after(tmp_path / "faulty", rank, FAULTY_STEP), before, f"rank {rank}'s skipped step"
+        )
+        _assert_same_state(
+            _state_after(tmp_path / "faulty", rank, STEPS - 1), expected, f"rank {rank} at the end"
+        )
+
+
+@pytest.mark.timeout(120)
+def test_every_rank_stops_when_one_rank_diverges(tmp_path):
+    model = _FaultOnRank1("loss", max_nonfinite_steps=1)
+    with pytest.raises(Exception, match="NonFiniteLossError"):
+        _fit_on_two_ranks(model, _training_data(), tmp_path / "run")
+    for rank in range(2):
+        error = (tmp_path / "run" / f"rank{rank}.error").read_text()
+        assert error.startswith("training stopped at epoch 0, batch 1 (global step 1)"), error
+        assert "the loss was not finite on rank 1 of 2 processes (loss=nan" in error

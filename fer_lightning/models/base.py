@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -63,7 +64,8 @@ class FERClassifier(L.LightningModule):
             ``train/nonfinite_steps``; this many skipped steps in a row stop training with
             :class:`~fer_lightning.errors.NonFiniteLossError`. ``1`` stops at the first; ``None`` never
             stops. Under fp16 an overflow the grad scaler handles (it skips the step and lowers its
-            scale) is not counted.
+            scale) is not counted. Under DDP a step that is not finite on one process is skipped by all
+            of them, so they keep the same weights, count the same streak and stop together.
 
     Gradient clipping under SAM: Lightning refuses ``Trainer(gradient_clip_val=...)`` with manual
     optimisation, so :meth:`take_over_gradient_clipping` moves the trainer's setting into the model (the
@@ -148,40 +150,56 @@ class FERClassifier(L.LightningModule):
         images, labels = batch
         if self.sam_rho is None:
             loss, logits = self.training_loss(images, labels)
-            if not self._loss_is_finite(loss, "loss"):
-                return None  # automatic optimisation: no backward, no optimiser update
+            loss_of_every_rank, reason = self._check_loss_on_every_rank(loss, "the loss")
+            if reason is not None:
+                self._skip_step(reason)
+                # Automatic optimisation, one process: None means no backward and no update. Lightning
+                # refuses None under DDP, so there every rank backpropagates a zero instead (its gradient
+                # all-reduce then runs on all of them alike) and on_before_optimizer_step drops the result.
+                return self._loss_that_changes_nothing() if self.trainer.world_size > 1 else None
         else:
             result = self._sam_step(images, labels)
             if result is None:
                 return None
-            loss, logits = result
+            loss, loss_of_every_rank, logits = result
         self.train_acc(logits.detach(), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # The step value is the mean over the ranks' equally sized batches, which the finiteness check
+        # already gathered: no all-reduce of its own per step. The epoch mean is synced once, at the end.
+        self.log("train/loss_step", loss_of_every_rank.mean(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log(
+            "train/loss_epoch", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True
+        )
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        # The same on every rank and within an epoch (schedulers step per epoch): max is exact and quiet.
+        learning_rate = self.optimizers().param_groups[0]["lr"]
+        self.log("train/lr", learning_rate, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
         return loss
 
     def _sam_step(
         self, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """One SAM step: gradient at w, perturb to w + e, gradient there, restore w, base step.
 
         Both passes see the same batch (so BTN's batch attention is defined in both) and BatchNorm
-        statistics are updated twice per step, as in the official POSTER++ code. Returns ``None`` when
-        the step is skipped because a loss or the first-pass gradients are not finite.
+        statistics are updated twice per step, as in the official POSTER++ code. Returns the first-pass
+        loss, that loss on every rank and the logits, or ``None`` when the step is skipped because a loss
+        or the first-pass gradients are not finite.
         """
         optimizer = self.optimizers()
         loss, logits = self.training_loss(images, labels)
-        if not self._loss_is_finite(loss, "loss"):
+        loss_of_every_rank, reason = self._check_loss_on_every_rank(loss, "the loss")
+        if reason is not None:
+            self._skip_step(reason)
             return None
         self.manual_backward(loss)
+        # Under DDP these gradients are already averaged over the ranks, so every rank decides alike.
         if not all_finite(self._gradients(optimizer)):
             if self._grad_scaler() is not None:
                 # An fp16 overflow of the scaled gradients: stepping now hands them to the grad scaler,
                 # which finds the inf, skips the update and lowers its scale, as for any overflowed step.
                 optimizer.step()
                 optimizer.zero_grad()
-                return loss.detach(), logits
+                return loss.detach(), loss_of_every_rank, logits
             name = self._first_nonfinite_gradient(optimizer)
             optimizer.zero_grad()
             self._skip_step(
@@ -191,15 +209,16 @@ class FERClassifier(L.LightningModule):
         perturbations = sam_perturb(optimizer.optimizer, self.sam_rho, self.sam_adaptive)
         optimizer.zero_grad()
         perturbed_loss, _ = self.training_loss(images, labels)
-        if not torch.isfinite(perturbed_loss).all():
-            sam_restore(perturbations)
-            self._skip_step(f"SAM's perturbed loss was not finite ({self._describe_loss(perturbed_loss)})")
+        _, reason = self._check_loss_on_every_rank(perturbed_loss, "SAM's perturbed loss")
+        if reason is not None:
+            sam_restore(perturbations)  # before _skip_step, which may raise
+            self._skip_step(reason)
             return None
         self.manual_backward(perturbed_loss)
         sam_restore(perturbations)
         optimizer.step()  # on_before_optimizer_step checks and clips the second-pass gradients
         optimizer.zero_grad()
-        return loss.detach(), logits
+        return loss.detach(), loss_of_every_rank, logits
 
     def take_over_gradient_clipping(self, trainer: L.Trainer) -> None:
         """Under SAM, clip gradients as ``trainer.gradient_clip_val``/``gradient_clip_algorithm`` say.
@@ -218,15 +237,16 @@ class FERClassifier(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs after backward (and AMP unscaling), right before the optimiser's update, in both modes.
+        # Under DDP the gradients here are averaged over the ranks (a NaN or inf on one rank reaches all
+        # of them), so every rank takes the same decision without a collective of its own.
         if self._skip_reason is not None:
-            return  # training_step returned None: there are no gradients to apply
+            self._drop_gradients(optimizer)  # none after a None from training_step, zeros under DDP
+            return
         if not all_finite(self._gradients(optimizer)):
             if self._grad_scaler() is not None:
                 return  # the scaler skips this update and lowers its scale
             name = self._first_nonfinite_gradient(optimizer)
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    param.grad = None  # torch optimisers leave parameters without a gradient untouched
+            self._drop_gradients(optimizer)
             self._skip_step(f"the gradient of {name} was not finite")
             return
         self._nonfinite_streak = 0
@@ -238,15 +258,52 @@ class FERClassifier(L.LightningModule):
             )
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # Summed per epoch: how many steps of the epoch were skipped.
-        skipped = float(self._skip_reason is not None)
-        self.log("train/nonfinite_steps", skipped, on_step=False, on_epoch=True, reduce_fx="sum")
+        # Summed per epoch: how many steps of the epoch were skipped. Every DDP rank skips the same steps,
+        # so rank 0 alone counts them and the sum over ranks (once, at the epoch end) counts each once.
+        skipped = float(self._skip_reason is not None and self.global_rank == 0)
+        self.log(
+            "train/nonfinite_steps", skipped, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True
+        )
 
-    def _loss_is_finite(self, loss: torch.Tensor, what: str) -> bool:
-        if bool(torch.isfinite(loss).all()):
-            return True
-        self._skip_step(f"the {what} was not finite ({self._describe_loss(loss)})")
-        return False
+    @staticmethod
+    def _drop_gradients(optimizer) -> None:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None  # torch optimisers leave parameters without a gradient untouched
+
+    def _loss_that_changes_nothing(self) -> torch.Tensor:
+        """Zero, with a zero gradient for every trainable parameter (the weights are finite)."""
+        zero = torch.zeros((), device=self.device)
+        return sum((param.sum() * 0.0 for param in self.parameters() if param.requires_grad), zero)
+
+    def _check_loss_on_every_rank(self, loss: torch.Tensor, what: str) -> tuple[torch.Tensor, str | None]:
+        """(the loss of every DDP rank, why the step is skipped or ``None``): the same on every rank.
+
+        A rank that skipped a step alone would leave the others waiting in DDP's gradient all-reduce
+        (or pair it with its own next step's), so the decision is collective: each rank puts its loss in
+        its own slot of a vector that one all-reduce sums. Adding zeros keeps every value, NaN and inf
+        included, exactly. One process: no collective.
+        """
+        world_size = self.trainer.world_size
+        loss_of_every_rank = loss.detach().float().reshape(1)
+        if world_size > 1:
+            slots = torch.zeros(world_size, device=loss_of_every_rank.device)
+            slots[self.global_rank] = loss_of_every_rank[0]
+            loss_of_every_rank = self.trainer.strategy.reduce(slots, reduce_op="sum")
+        values = loss_of_every_rank.tolist()
+        nonfinite_ranks = [rank for rank, value in enumerate(values) if not math.isfinite(value)]
+        if not nonfinite_ranks:
+            return loss_of_every_rank, None
+        if world_size == 1:
+            return loss_of_every_rank, f"{what} was not finite ({self._describe_loss(loss)})"
+        where = ("rank " if len(nonfinite_ranks) == 1 else "ranks ") + ", ".join(map(str, nonfinite_ranks))
+        # The named loss parts are known on the rank that computed them only.
+        described = (
+            self._describe_loss(loss)
+            if self.global_rank in nonfinite_ranks
+            else f"loss={values[nonfinite_ranks[0]]:.4g}"
+        )
+        return loss_of_every_rank, f"{what} was not finite on {where} of {world_size} processes ({described})"
 
     def _skip_step(self, reason: str) -> None:
         """Skip the current step (the caller makes sure nothing is applied); stop after too many in a row."""
