@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -81,7 +82,8 @@ class FERArgumentParser(LightningArgumentParser):
             raise argparse.ArgumentError(None, message) from ex
         parser = getattr(ex, "subcommand_parser", None) or self
         command = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"error: {condense_parse_error(message, parser.suggest)}\nsee: {command} --help\n")
+        line = condense_parse_error(message, parser.suggest)
+        sys.stderr.write(f"error: {line}\nsee: {command} {help_option_for(line)}\n")
         self.exit(2)
 
     def suggest(self, kind: str, key: str) -> list[str]:
@@ -104,6 +106,16 @@ class FERArgumentParser(LightningArgumentParser):
         if kind == "class":
             return class_init_options(key)
         return []
+
+
+_CLASS_OPTION_ERROR = re.compile(r"^(data|model)\.[\w.]*: (\w+) has no option ")
+
+
+def help_option_for(error_line: str) -> str:
+    """Where the options of an error's subject are listed: ``--data.help RAFDBDataModule`` for an option of
+    the datamodule or model class (``fit --help`` does not list those in subclass mode), else ``--help``."""
+    match = _CLASS_OPTION_ERROR.match(error_line)
+    return f"--{match.group(1)}.help {match.group(2)}" if match else "--help"
 
 
 def _all_subclasses(cls: type) -> list[type]:
