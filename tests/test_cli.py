@@ -130,3 +130,16 @@ def test_wandb_logger_offline_does_not_hang(tiny_rafdb, tmp_path, monkeypatch):
     main(["fit", *args, "--config", str(loggers)])
     assert glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert os.path.isfile(tmp_path / "wb" / "version_0" / "config.yaml")
+
+
+def test_lightnings_litlogger_advertisement_is_not_printed():
+    import logging
+
+    import fer_lightning.cli.lightning_cli  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tip = logger.makeRecord(
+        logger.name, logging.INFO, __file__, 0, "💡 Tip: ... install [litlogger](...)", (), None
+    )
+    other = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "GPU available: False", (), None)
+    assert not logger.filter(tip) and logger.filter(other)

@@ -6,6 +6,7 @@ Imported only when one of those subcommands runs (see :mod:`fer_lightning.cli`).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -39,6 +40,18 @@ from fer_lightning.models import FERClassifier
 SELECTION_METRIC = "val/acc"
 #: What ``selection_metric`` can name: every model logs these on the validation split.
 SELECTION_METRICS = ("val/acc", "val/mean_class_acc", "val/macro_f1", "val/loss")
+
+
+class _DropAdvertisement(logging.Filter):
+    """Lightning 2.6 suggests installing its cloud logger at the start of every run that lacks it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+# rank_zero_info logs through whichever of these two module loggers was set last.
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropAdvertisement())
 
 # Lightning 2.6 + torch 2.14 print this on every step; it is theirs to fix and says nothing about the run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
