@@ -135,10 +135,11 @@ def _all_subclasses(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_subclasses(direct))]
 
 
-def read_checkpoint_hyperparameters(path: str) -> dict:
-    """The model's ``hyper_parameters`` of a Lightning checkpoint; a one-line :class:`WeightsError` if unreadable."""
+def read_checkpoint_header(path: str) -> tuple[dict, int]:
+    """The model's ``hyper_parameters`` and the ``global_step`` of a Lightning checkpoint; a one-line
+    :class:`WeightsError` if unreadable. Memory-mapped: the weights themselves are not read."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
         raise WeightsError(
             f"--ckpt_path {path}: not a Lightning checkpoint ({type(error).__name__}); pass a .ckpt "
@@ -149,7 +150,7 @@ def read_checkpoint_hyperparameters(path: str) -> dict:
             f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict); pass a .ckpt written by "
             "fer-lightning fit, or give backbone weights to their model option (e.g. model.init_args.ir50_weights)"
         )
-    return dict(checkpoint.get("hyper_parameters") or {})
+    return dict(checkpoint.get("hyper_parameters") or {}), int(checkpoint.get("global_step", 0))
 
 
 class FERCLI(LightningCLI):
@@ -205,10 +206,7 @@ class FERCLI(LightningCLI):
         csv_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
         if csv_logger is None:
             return
-        ckpt_path = self.config[self.subcommand].ckpt_path
-        rows = run_folders.metrics_rows_before(
-            self._continued_run / "metrics.csv", run_folders.checkpoint_global_step(ckpt_path)
-        )
+        rows = run_folders.metrics_rows_before(self._continued_run / "metrics.csv", self._checkpoint_step)
         run_folders.continue_metrics_history(csv_logger, rows)
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -246,14 +244,14 @@ class FERCLI(LightningCLI):
         # count ends in a state-dict size-mismatch dump: say which checkpoint and what differs first.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        self._checkpoint_hparams = {}
+        self._checkpoint_hparams, self._checkpoint_step = {}, 0
         if ckpt_path and ckpt_path not in _CKPT_PATH_KEYWORDS and not str(ckpt_path).startswith("registry"):
             if not Path(ckpt_path).is_file():
                 raise WeightsError(
                     f"--ckpt_path {ckpt_path}: no such file; pass a .ckpt written by fer-lightning fit "
                     "(e.g. runs/<name>/version_N/checkpoints/best-*.ckpt)"
                 )
-            self._checkpoint_hparams = read_checkpoint_hyperparameters(ckpt_path)
+            self._checkpoint_hparams, self._checkpoint_step = read_checkpoint_header(ckpt_path)
             saved_class = self._checkpoint_hparams.get("_class_path")
             configured = self.config[subcommand].get("model", {}).get("class_path")
             if saved_class and configured and saved_class != configured:

@@ -62,14 +62,6 @@ def point_csv_logger_at(logger_config: Any, folder: Path) -> bool:
     return found
 
 
-def checkpoint_global_step(ckpt_path: str | os.PathLike) -> int:
-    """The optimiser step a checkpoint was written at (memory-mapped: the weights are not read)."""
-    import torch
-
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    return int(checkpoint.get("global_step", 0))
-
-
 def metrics_rows_before(metrics_file: Path, global_step: int) -> list[dict[str, str]]:
     """The rows of a ``metrics.csv`` logged before optimiser step ``global_step`` (empty cells dropped).
 
