@@ -144,14 +144,5 @@ def main(args: Sequence[str] | None = None) -> None:
         _debug_requested.reset(token)
 
 
-def __getattr__(name: str):
-    # FERCLI and trainer_defaults live with the Lightning imports; importing them from here still works.
-    if name in ("FERCLI", "trainer_defaults", "SELECTION_METRIC"):
-        from fer_lightning.cli import lightning_cli
-
-        return getattr(lightning_cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 if __name__ == "__main__":
     main()

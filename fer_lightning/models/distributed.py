@@ -27,9 +27,8 @@ class _GatherRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
-        start = sum(sizes[:rank])
-        ctx.own_rows = slice(start, start + sizes[rank])
+    def forward(ctx, rows: torch.Tensor, sizes: list[int], own_rows: slice) -> torch.Tensor:
+        ctx.own_rows = own_rows
         # all_gather needs equal shapes; shares differ when a bad image was skipped from a batch.
         padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
         padded[: rows.shape[0]] = rows
@@ -59,6 +58,6 @@ def gather_batch(rows: torch.Tensor) -> tuple[torch.Tensor, slice]:
     dist.all_gather(sizes, local_size)
     sizes_list = [int(size) for size in sizes]
     rank = dist.get_rank()
-    gathered = _GatherRows.apply(rows.contiguous(), sizes_list, rank)
     start = sum(sizes_list[:rank])
-    return gathered, slice(start, start + sizes_list[rank])
+    own_rows = slice(start, start + sizes_list[rank])
+    return _GatherRows.apply(rows.contiguous(), sizes_list, own_rows), own_rows
