@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from fer_lightning.data.samplers import run_seed
+from fer_lightning.data.samplers import derive_seed, run_seed
 
 
 def seed_global_generators(seed: int) -> None:
@@ -57,10 +57,8 @@ class EpochSeededRandomState(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._states_to_restore = None
-        entropy = [run_seed(), trainer.current_epoch, trainer.global_rank]
-        seed_global_generators(
-            int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
-        )
+        # Halved into the 63 bits every one of the generators accepts.
+        seed_global_generators(derive_seed(run_seed(), trainer.current_epoch, trainer.global_rank) >> 1)
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int

@@ -32,14 +32,15 @@ def run_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A torch generator determined by ``(seed, epoch)`` alone.
+def derive_seed(*keys: int) -> int:
+    """A 64-bit seed determined by ``keys`` alone, hashed (NumPy's ``SeedSequence``) rather than added,
+    so that e.g. seed 1 at epoch 0 and seed 0 at epoch 1 give unrelated streams."""
+    return int(np.random.SeedSequence([int(key) for key in keys]).generate_state(1, dtype=np.uint64)[0])
 
-    The pair is hashed (NumPy's ``SeedSequence``) instead of added, so that seed 1 at epoch 0 and
-    seed 0 at epoch 1 do not see the same order.
-    """
-    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A torch generator determined by ``(seed, epoch)`` alone."""
+    return torch.Generator().manual_seed(derive_seed(seed, epoch))
 
 
 class EpochSeededSampler(Sampler[int]):
