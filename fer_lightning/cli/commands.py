@@ -209,7 +209,7 @@ def plot_curves(argv: list[str]) -> None:
     """``fer-lightning plot-curves``: draw a run's loss and accuracy curves from its metrics.csv."""
     from fer_lightning.plots import plot_training_curves
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="fer-lightning plot-curves",
         description="Draw loss and validation accuracy per epoch of a run (its CSV logger metrics.csv).",
     )
