@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from fer_lightning.cli import EXTRA_COMMANDS_HELP, main
+from fer_lightning.cli.data_summary import build_datamodule
 from fer_lightning.data import AffectNetDataModule, AIHubKoreanDataModule
-from fer_lightning.data.summary import build_datamodule, display_class_names
+from fer_lightning.data.summary import display_class_names
 from fer_lightning.data.synthetic import read_manifest, write_synthetic
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -73,6 +74,12 @@ def test_default_output_path_and_bad_arguments(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "data_summary" / "quickstart_fer2013_classes.png").is_file()
     with pytest.raises(SystemExit):
         main(["data-summary", "--config", str(EXPERIMENTS / "quickstart_fer2013.yaml"), "--max-epochs=1"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as missing_config:
+        main(["data-summary"])
+    error = capsys.readouterr().err.strip()
+    assert missing_config.value.code == 1 and "\n" not in error and "usage:" not in error
+    assert error.startswith("error: data-summary:") and "--config" in error
     assert "data-summary" in EXTRA_COMMANDS_HELP
 
 

@@ -42,7 +42,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
         "parameters and MACs of a config's model, per image",
     ),
     "data-summary": (
-        "fer_lightning.data.summary:data_summary",
+        "fer_lightning.cli.data_summary:data_summary",
         "counts per split and class, dropped rows, and a class histogram PNG",
     ),
     "plot-curves": (

@@ -4,7 +4,7 @@ jsonargparse reports a wrong option inside ``--data``/``--model`` as a tree: the
 ``None`` it tried, each alternative's error indented below, then the raw value given. The one thing
 that went wrong is a leaf of that tree; :func:`condense_parse_error` keeps the leaves, names the option
 they belong to (``data.batch_size``) and, for a name that does not exist, adds "did you mean …?" from
-the names a ``suggest`` callback knows. Imports nothing heavy: ``data-summary`` uses it too.
+the names a ``suggest`` callback knows. Imports nothing heavy: ``data-summary`` (cli/data_summary.py) uses it too.
 """
 
 from __future__ import annotations
