@@ -19,6 +19,7 @@ Bad input has two kinds, both counted per split and reason:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import tempfile
@@ -34,9 +35,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from fer_lightning.data.io import BadSampleError, DirectoryIndex, FaceCrop, FaceCropper, read_rgb
+from fer_lightning.data.label_noise import LABEL_NOISE_FILE, LabelNoise, apply_label_noise
 from fer_lightning.data.resumable import EpochKeyedSampler, SampleKey, sample_generators
 from fer_lightning.data.samplers import (
     EpochShuffleSampler,
@@ -303,15 +306,18 @@ class FERDataModule(L.LightningDataModule):
     Args:
         root: dataset folder as the dataset ships it. Leave it unset and give ``synthetic_size`` to
             train on generated faces written in this dataset's format (cached; no download).
-        batch_size: per device. Training drops the last incomplete batch (BTN's batch attention needs
-            full batches).
+        batch_size: per device.
+        drop_last: training drops the last incomplete batch of each epoch (the default; BTN's batch
+            attention needs full batches: attending over the 1-2 images left over says nothing). Other
+            models may set it false to train on every image.
         num_workers: DataLoader worker processes.
         img_size: square side images are resized to.
         augment: training augmentation recipe (:mod:`fer_lightning.data.transforms`): ``none`` (resize
             and normalise only), ``flip`` (horizontal flip), ``btn_rafdb`` (flip + random erasing of
             scale 0.02–0.1 with p 0.5; BTN and POSTER++ on RAF-DB), ``btn_affectnet`` (the same
             erasing on every image; BTN on AffectNet), ``posterpp_affectnet`` (flip + erasing of scale
-            0.05 on every image; POSTER++ code on AffectNet). Evaluation only resizes and normalises.
+            0.05 on every image; POSTER++ code on AffectNet), ``resizer_ferplus`` (flip, rotation, affine
+            zoom and colour jitter; Neural-Resizer code on FER+). Evaluation only resizes and normalises.
         sampler: ``shuffle`` or ``imbalanced`` (1 / class-frequency weights, seeded, DDP-safe).
         val_fraction: share of each training class carved out for validation when the dataset has no
             official validation split. Checkpoints are selected on it; test is reported separately.
@@ -325,6 +331,11 @@ class FERDataModule(L.LightningDataModule):
             file or row, or ``skip`` it, counting and reporting what was skipped. Rows a dataset is known
             to ship invalid (AffectNet's None/Uncertain/No-Face rows, …) are dropped and counted either way.
             A skipped image makes its batch one smaller.
+        label_noise: ``{rate, kind, seed}``: flip ``rate`` of each class's *training* labels (after the
+            validation carve; validation and test stay clean), ``kind`` ``symmetric`` (to any other class)
+            or ``asymmetric`` (to the expression it is most often confused with, by class name:
+            :mod:`fer_lightning.data.label_noise`). The flipped samples are listed in the run folder's
+            ``label_noise.csv``. Unset or rate 0: labels as the dataset ships them.
     """
 
     CLASS_NAMES: tuple[str, ...] = ()
@@ -349,6 +360,8 @@ class FERDataModule(L.LightningDataModule):
         synthetic_size: int = 0,
         synthetic_seed: int = 0,
         on_bad_sample: Literal["raise", "skip"] = "raise",
+        label_noise: LabelNoise | None = None,
+        drop_last: bool = True,
     ) -> None:
         super().__init__()
         if root is None and synthetic_size <= 0:
@@ -360,7 +373,11 @@ class FERDataModule(L.LightningDataModule):
             raise ValueError(f"data.sampler must be 'shuffle' or 'imbalanced', got {sampler!r}")
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise ValueError(f"data.on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
-        self.save_hyperparameters()
+        # Stored as plain values: checkpoints keep these hyperparameters, and a dataclass in them would
+        # stop a weights_only read of the checkpoint.
+        self.label_noise = LabelNoise.parse(label_noise)
+        self.save_hyperparameters(ignore=["label_noise"])
+        self.hparams["label_noise"] = self.label_noise.as_dict()
         # Set here, not in setup(): the CLI links them into the model right after __init__.
         self.class_names: list[str] = list(self.CLASS_NAMES)
         self.num_classes: int = len(self.class_names)
@@ -370,6 +387,8 @@ class FERDataModule(L.LightningDataModule):
         self.dropped_rows: dict[str, Counter] = {}
         self.skipped_rows: dict[str, Counter] = {}
         self.bad_sample_log: Path | None = None
+        #: Indices into the training table of the labels ``label_noise`` flipped (set at setup).
+        self.flipped_train_indices = np.zeros(0, dtype=np.int64)
         self._reported_load_failures = 0
         #: How :class:`~fer_lightning.data.io.FaceCrop` sources are cut; datasets with face boxes configure it.
         self.face_cropper = FaceCropper()
@@ -392,6 +411,11 @@ class FERDataModule(L.LightningDataModule):
     def sample_extras(self) -> tuple[str, ...]:
         """Names of ``SplitTable.extras`` appended to every sample after the label (none by default)."""
         return ()
+
+    def vote_prior(self) -> np.ndarray | None:
+        """The F-PDLS prior from the dataset's own annotator votes (K×K, row y = mean vote distribution
+        of the training images labelled y), or None for a dataset without votes (all but FER+)."""
+        return None
 
     # ---- helpers for readers ------------------------------------------------------------------
     def new_split(self, split: str) -> SplitBuilder:
@@ -451,6 +475,9 @@ class FERDataModule(L.LightningDataModule):
                     f"{len(train)} training images under {root} leaves an empty train or val split"
                 )
             tables["train"], tables["val"] = train.subset(kept), train.subset(carved)
+        # After the carve: validation is carved from clean labels and stays clean, and the carve does not
+        # depend on the noise, so runs at different noise rates share their splits.
+        tables["train"] = self._add_label_noise(tables["train"])
         self.tables = {split: tables[split] for split in SPLITS}
         self._warn_about_empty_evaluation_classes(root)
         if self.hparams.on_bad_sample == "skip":
@@ -605,6 +632,33 @@ class FERDataModule(L.LightningDataModule):
                 stacklevel=2,
             )
 
+    def _add_label_noise(self, train: SplitTable) -> SplitTable:
+        """``train`` with ``data.label_noise`` applied; the flipped samples listed in the run folder."""
+        noise = self.label_noise
+        if noise.rate == 0.0:
+            return train
+        noisy_labels, flipped = apply_label_noise(train.labels, self.class_names, noise)
+        self.flipped_train_indices = flipped
+        folder = self.run_folder()
+        where = ""
+        if folder is not None and self.trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / LABEL_NOISE_FILE, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(
+                    ["index", "sample", "clean_label", "clean_class", "noisy_label", "noisy_class"]
+                )
+                for index in flipped:
+                    clean, wrong = int(train.labels[index]), int(noisy_labels[index])
+                    names = self.class_names[clean], self.class_names[wrong]
+                    writer.writerow([int(index), train.names[index], clean, names[0], wrong, names[1]])
+            where = f"; listed in {folder / LABEL_NOISE_FILE}"
+        rank_zero_info(
+            f"{self.DATASET_NAME}: label noise ({noise.kind}, rate {noise.rate:g}, seed {noise.seed}) flipped "
+            f"{len(flipped)} of {len(train)} training labels; validation and test labels are clean{where}"
+        )
+        return dataclasses.replace(train, labels=noisy_labels)
+
     def _save_split_index(self) -> None:
         """Write which sample went to which split into the run folder, so runs can be compared."""
         folder = self.run_folder()
@@ -623,7 +677,8 @@ class FERDataModule(L.LightningDataModule):
             self.setup()
         dataset = self.datasets[split]
         batch_size = self.hparams.batch_size
-        if train and len(dataset) < batch_size:
+        drop_last = train and self.hparams.drop_last
+        if drop_last and len(dataset) < batch_size:
             raise ConfigurationError(
                 f"{self.DATASET_NAME}: the training split has {len(dataset)} images, fewer than one batch "
                 f"of {batch_size} (training drops incomplete batches); set data.batch_size to {len(dataset)} or less"
@@ -637,7 +692,7 @@ class FERDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            drop_last=train,
+            drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,
             worker_init_fn=_worker_init,
