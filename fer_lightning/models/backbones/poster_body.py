@@ -450,6 +450,11 @@ class PosterBody(nn.Module):
         """[S₁, S₂, S₃] → logits (B, N) (P_VIT in the BTN paper)."""
         return self.vit(self.token_embedding(levels))
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) → the SE-gated CLS feature (B, D) that the linear head would classify
+        (ARBEx's embedding; D = 768 in the paper variant)."""
+        return self.vit.forward_features(self.token_embedding(self.extract_levels(images)))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) → logits (B, N)."""
         return self.classify(self.extract_levels(images))
