@@ -30,3 +30,7 @@ class WeightsError(FERLightningError, ValueError):
 
 class NonFiniteLossError(FERLightningError, FloatingPointError):
     """Training diverged: the loss or its gradients stayed NaN/inf for too many steps in a row."""
+
+
+class ResultsError(FERLightningError, ValueError):
+    """A sweep file, results table or run folder that is missing or not in the expected form."""

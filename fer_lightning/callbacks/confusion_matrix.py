@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ from fer_lightning.plots import drawable_names, plot_confusion_matrix, plot_per_
 
 class ConfusionMatrixPlot(Callback):
     """Save ``confusion_matrix_{val,test}.png`` (and the counts as ``.csv``) and the bar chart
-    ``per_class_accuracy_{val,test}.png`` under the run folder, and log both figures to W&B when a
+    ``per_class_accuracy_{val,test}.png`` (and its numbers as ``.csv``) under the run folder, and log both figures to W&B when a
     :class:`~lightning.pytorch.loggers.WandbLogger` is among the loggers (``val/confusion_matrix``, …).
 
     The validation figure is rewritten only when ``monitor`` improves, so it shows the epoch that the
@@ -57,7 +58,10 @@ class ConfusionMatrixPlot(Callback):
         with open(f"{stem}.csv", "w") as handle:
             handle.write("\n".join([header, *rows]) + "\n")
         accuracy_png = os.path.join(log_dir, f"per_class_accuracy_{split}.png")
-        plot_per_class_accuracy(counts, drawn_names, accuracy_png, title=title)
+        accuracies = plot_per_class_accuracy(counts, drawn_names, accuracy_png, title=title)
+        write_per_class_accuracy(
+            os.path.join(log_dir, f"per_class_accuracy_{split}.csv"), names, counts, accuracies
+        )
         log_figures(
             trainer,
             {f"{split}/confusion_matrix": f"{stem}.png", f"{split}/per_class_accuracy": accuracy_png},
@@ -83,3 +87,14 @@ class ConfusionMatrixPlot(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict.get("best")
+
+
+def write_per_class_accuracy(path: str, names: list[str], counts: np.ndarray, accuracies: np.ndarray) -> None:
+    """The per-class accuracy table papers publish: class, accuracy (recall, blank for a class with no
+    samples), correct predictions and samples of the class."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "accuracy", "correct", "samples"])
+        for index, (name, accuracy) in enumerate(zip(names, accuracies)):
+            value = "" if np.isnan(accuracy) else f"{accuracy:.6f}"
+            writer.writerow([name, value, int(counts[index, index]), int(counts[index].sum())])

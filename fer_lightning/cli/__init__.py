@@ -49,6 +49,14 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
         "fer_lightning.cli.commands:plot_curves",
         "draw a run's loss and accuracy curves from its metrics.csv",
     ),
+    "sweep": (
+        "fer_lightning.sweep:sweep",
+        "check a W&B sweep file offline (validate) or run it here, one run after another (run)",
+    ),
+    "report": (
+        "fer_lightning.report:report",
+        "markdown tables and figures from a results.csv (accuracy vs λ, batch size, noise rate)",
+    ),
 }
 EXTRA_COMMANDS_HELP = "more commands:\n" + "\n".join(
     f"  {name:<16} {summary}" for name, (_, summary) in EXTRA_COMMANDS.items()

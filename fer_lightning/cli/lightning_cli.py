@@ -36,6 +36,7 @@ from fer_lightning.cli.parse_errors import class_init_options, condense_parse_er
 from fer_lightning.data import FERDataModule
 from fer_lightning.errors import ConfigurationError, WeightsError
 from fer_lightning.models import FERClassifier
+from fer_lightning.results import RESULTS_FILE, append_row, config_digest, relative_to_table, results_row
 
 SELECTION_METRIC = "val/acc"
 #: What ``selection_metric`` can name: every model logs these on the validation split.
@@ -171,6 +172,7 @@ class FERCLI(LightningCLI):
                 "majority classes."
             ),
         )
+        add_results_arguments(parser)
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False (fer-lightning complexity): no run, no run folder
@@ -180,6 +182,9 @@ class FERCLI(LightningCLI):
         # One run, one folder: a run's checkpoint brings its own folder (see run_folders).
         self._continued_run = None
         run = run_folders.run_folder_of_checkpoint(config.get("ckpt_path"))
+        if run is None and config.get("run_dir"):
+            run = Path(config.run_dir).expanduser().resolve()
+            point_wandb_logger_at(config.trainer.logger, run)
         if run is None or self.subcommand == "predict":
             return
         folder = run if self.subcommand == "fit" else run / self.subcommand
@@ -276,6 +281,10 @@ class FERCLI(LightningCLI):
     def after_fit(self) -> None:
         checkpoint = self.trainer.checkpoint_callback
         run_folder = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if checkpoint is not None and checkpoint.best_model_path and self.config.fit.test_after_fit:
+            # Every rank tests (the test loop is collective); the row is written by rank 0 in after_test.
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=checkpoint.best_model_path)
+            self.after_test()
         if not self.trainer.is_global_zero or checkpoint is None:
             return
         if not checkpoint.best_model_path:
@@ -289,6 +298,36 @@ class FERCLI(LightningCLI):
             f"test it with: fer-lightning test --config <same config> --ckpt_path {checkpoint.best_model_path}"
         )
 
+    def after_test(self) -> None:
+        """Append the test's row to the results table (see :mod:`fer_lightning.results`)."""
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if not self.trainer.is_global_zero or self.trainer.fast_dev_run or log_dir is None:
+            return
+        ckpt_path = self.trainer.ckpt_path
+        run = run_folders.run_folder_of_checkpoint(ckpt_path)
+        if run is None:  # no checkpoint of a run folder: the folder this test wrote is the run
+            run = Path(log_dir).resolve()
+        config_file = run / "config.yaml"
+        if config_file.is_file():
+            config_text = config_file.read_bytes()
+            config = yaml.safe_load(config_text) or {}
+        else:
+            config = self.config[self.subcommand].as_dict()
+            config_text = yaml.safe_dump(config, sort_keys=True).encode()
+        results_csv = Path(self.config[self.subcommand].results_csv or run.parent / RESULTS_FILE)
+        metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()}
+        row = results_row(
+            run_folder=relative_to_table(run, results_csv),
+            config=config,
+            config_hash=config_digest(config_text),
+            model=self.model,
+            datamodule=self.datamodule,
+            metrics=metrics,
+            selected_epoch=checkpoint_epoch(ckpt_path) if ckpt_path else None,
+            checkpoint=str(ckpt_path) if ckpt_path else None,
+        )
+        print(f"results: appended a row to {append_row(results_csv, row)}")
+
     def _explain_missing_best_checkpoint(self, checkpoint) -> None:
         trainer = self.trainer
         if trainer.fast_dev_run or trainer.interrupted:
@@ -300,6 +339,56 @@ class FERCLI(LightningCLI):
                 "training batches); raise --trainer.max_steps past an epoch, or validate sooner with "
                 "--trainer.val_check_interval N (every N training batches)"
             )
+
+
+def add_results_arguments(parser) -> None:
+    """Options of where a run writes and where its test results go (sweeps set them per run)."""
+    parser.add_argument(
+        "--run_dir",
+        type=str | None,
+        default=None,
+        help=(
+            "the run folder: fit writes its logs, config and checkpoints into exactly this folder (instead "
+            "of a new <save_dir>/<name>/version_N), validate/test of it into <run_dir>/validate or "
+            "<run_dir>/test; the W&B logger's files go there too. A checkpoint in a run folder "
+            "(--ckpt_path <run>/checkpoints/...) brings its own folder and wins."
+        ),
+    )
+    parser.add_argument(
+        "--results_csv",
+        type=str | None,
+        default=None,
+        help=(
+            f"table that every test appends its row to; default: {RESULTS_FILE} beside the run folder "
+            f"(runs/<name>/{RESULTS_FILE})"
+        ),
+    )
+    parser.add_argument(
+        "--test_after_fit",
+        type=bool,
+        default=False,
+        help=(
+            "fit only: after training, test the selected checkpoint on the test split (its metrics go to "
+            "the same loggers and its row to the results table), as a sweep run needs"
+        ),
+    )
+
+
+def point_wandb_logger_at(logger_config, folder: Path) -> None:
+    """Give every W&B logger of a parsed ``trainer.logger`` config ``folder`` as its ``save_dir``."""
+    for entry in logger_config if isinstance(logger_config, list | tuple) else [logger_config]:
+        if str(getattr(entry, "class_path", "") or "").endswith("WandbLogger"):
+            entry.init_args.save_dir = str(folder)
+
+
+def checkpoint_epoch(path: str) -> int | None:
+    """The epoch a Lightning checkpoint was written in (the epoch of the selected validation)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+    return int(epoch) if epoch is not None else None
 
 
 def check_selection_metric(metric: str) -> None:

@@ -107,9 +107,13 @@ class BatchTransformer(nn.Module):
         self.backend = backend
         self.scope = scope
 
+    def embeddings(self, f_mla: torch.Tensor) -> torch.Tensor:
+        """CP(E): the per-class features CBA compares, (B, N, H·W) (eq. 8 plus the channel positions)."""
+        return self.embed(f_mla).flatten(2) + self.channel_position
+
     def forward(self, f_mla: torch.Tensor, p_vit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """F_MLA (B, C, H, W), P_VIT (B, N) → (P_CBA, P_BT), each (B, N). Mixes samples of the batch."""
-        encoded = self.embed(f_mla).flatten(2) + self.channel_position  # CP(E), (B, N, H·W)
+        encoded = self.embeddings(f_mla)
         value = p_vit.detach() if self.detach_value else p_vit
         if self.value == "probabilities":
             value = value.float().softmax(dim=-1).to(p_vit.dtype)

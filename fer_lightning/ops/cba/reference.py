@@ -16,6 +16,11 @@ def class_batch_attention_reference(
     Returns:
         (B, N). Materialises the (N, B, B) logits and weights, which is what limits B.
     """
-    logits = scale * (q.transpose(0, 1) @ k.permute(1, 2, 0))  # (N, B, B): class n, image i, image j
-    weights = torch.softmax(logits, dim=-1)
+    weights = class_batch_attention_weights(q, k, scale)
     return (weights @ v.t().unsqueeze(-1)).squeeze(-1).t()
+
+
+def class_batch_attention_weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """The attention of CBA, (N, B, B): for class n, how much image i takes from image j (rows sum to 1)."""
+    logits = scale * (q.transpose(0, 1) @ k.permute(1, 2, 0))  # (N, B, B): class n, image i, image j
+    return torch.softmax(logits, dim=-1)
