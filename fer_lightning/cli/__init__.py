@@ -28,7 +28,6 @@ LIGHTNING_SUBCOMMANDS: dict[str, str] = {
     "fit": "train a model, selecting the checkpoint on validation data",
     "validate": "evaluate a checkpoint on the validation split",
     "test": "evaluate a checkpoint on the test split (reported separately, never used for selection)",
-    "predict": "run a checkpoint on the test split and return class probabilities",
 }
 
 #: Our own commands: name -> ("module:function", one-line help). Modules are imported on use.
@@ -56,6 +55,14 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "report": (
         "fer_lightning.report:report",
         "markdown tables and figures from a results.csv (accuracy vs λ, batch size, noise rate)",
+    ),
+    "predict": (
+        "fer_lightning.cli.predict:predict",
+        "expressions of the faces in images, folders and videos, from a checkpoint or .onnx",
+    ),
+    "export": (
+        "fer_lightning.cli.predict:export",
+        "a checkpoint's inference path as ONNX or TorchScript, checked against PyTorch",
     ),
 }
 EXTRA_COMMANDS_HELP = "more commands:\n" + "\n".join(

@@ -133,6 +133,22 @@ def crop_face(
     return np.ascontiguousarray(inside)
 
 
+def cut_face(
+    image: np.ndarray,
+    box: tuple[float, float, float, float],
+    margin: float = 0.0,
+    size: int | None = None,
+    square: bool = True,
+) -> np.ndarray:
+    """:func:`crop_face`, then resized to ``size`` × ``size`` if given: how a training sample is cut from a
+    picture with a face box, and how ``fer-lightning predict`` cuts a detected face."""
+    face = crop_face(image, box, margin, square)
+    if size is not None:
+        interpolation = cv2.INTER_AREA if max(face.shape[:2]) > size else cv2.INTER_LINEAR
+        face = cv2.resize(face, (size, size), interpolation=interpolation)
+    return face
+
+
 #: Quality of cached crops: visually lossless, and JPEG decodes faster than PNG in the data loaders.
 CROP_CACHE_JPEG_QUALITY = 95
 
@@ -181,14 +197,10 @@ def read_face_crop(
                 except BadSampleError:
                     pass  # a damaged cache entry is rebuilt below
     try:
-        image = read_rgb(crop.path)
-        face = crop_face(image, crop.box, margin, square)
+        face = cut_face(read_rgb(crop.path), crop.box, margin, size, square)
     except BadSampleError as error:
         # Name the annotation's box too; the decoder only knows the file.
         raise BadSampleError(f"{error} (face box {crop.box})", reason=error.reason) from error
-    if size is not None:
-        interpolation = cv2.INTER_AREA if max(face.shape[:2]) > size else cv2.INTER_LINEAR
-        face = cv2.resize(face, (size, size), interpolation=interpolation)
     if cache_path is not None:
         _write_cached_crop(cache_path, face)
     return face

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import os
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 from torch.nn.attention import SDPBackend
@@ -27,8 +28,29 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+_forced_backend: ContextVar[str | None] = ContextVar("fer_lightning_forced_backend", default=None)
+
+
+@contextlib.contextmanager
+def forced_backend(backend: str) -> Iterator[None]:
+    """Run every op in the body with ``backend``, whatever the calling module asked for.
+
+    Exporters (ONNX, TorchScript) can trace only plain PyTorch: ``forced_backend("reference")`` makes a
+    model that holds ``backend="auto"`` export through the ops' reference formulation.
+    """
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"forced backend must be one of {BACKENDS[1:]}, got {backend!r}")
+    token = _forced_backend.set(backend)
+    try:
+        yield
+    finally:
+        _forced_backend.reset(token)
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Return the concrete backend ("triton", "fast" or "reference") for tensors on ``device``.
+
+    Inside :func:`forced_backend` the forced one replaces ``backend``.
 
     Raises:
         ValueError: ``backend`` is not one of :data:`BACKENDS`.
@@ -37,6 +59,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    backend = _forced_backend.get() or backend
     if backend == "auto":
         return "triton" if device.type == "cuda" and TRITON_INSTALLED else "fast"
     if backend == "triton":
