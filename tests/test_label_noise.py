@@ -131,3 +131,21 @@ def test_fit_lists_the_flipped_samples_in_the_run_folder(tiny_rafdb, tmp_path, c
     assert all(splits[row["sample"]]["split"] == "train" for row in rows)
     assert all(splits[row["sample"]]["label"] == row["noisy_label"] for row in rows)
     assert f"flipped {len(rows)} of " in caplog.text
+
+
+def test_the_label_noise_sweep_runs_both_models_at_every_rate(monkeypatch, capsys):
+    from fer_lightning import sweep
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the command names experiments/ relative to the repository
+    config, _ = sweep.validate_sweep(repo / "sweeps" / "label_noise.yaml")
+    points = sweep.sweep_points(config, max_runs=None)
+    models = {"fer_lightning.models.BTN", "fer_lightning.models.POSTERPP"}
+    cells = {(p["model.class_path"], p["data.init_args.label_noise.rate"]) for p in points}
+    assert cells == {(model, rate) for model in models for rate in (0.0, 0.1, 0.2, 0.3)}
+    command = sweep.expand_command(config, points[-1], [])
+    with pytest.raises(SystemExit):
+        main([*command[1:], "--print_config"])
+    printed = capsys.readouterr().out
+    assert "class_path: fer_lightning.models.POSTERPP" in printed and "lambda_vit" not in printed
+    assert "      rate: 0.3" in printed.splitlines()
