@@ -28,6 +28,42 @@ def _flip_then_erasing(scale: tuple[float, float], p: float) -> tuple[TransformF
     return _flip, lambda: [A.Erasing(scale=scale, ratio=(0.3, 3.3), fill=0, p=p)]
 
 
+def _lhcnet_affine(rotate: float, shift: float, zoom: float) -> TransformFactory:
+    # Keras' ImageDataGenerator as LHC-Net's phases configure it: every image gets a random rotation
+    # (degrees), shift (fraction of the side) and zoom (x and y drawn independently), edge pixels
+    # repeated outside the image ("nearest" fill), and a horizontal flip half of the time.
+    return lambda: [
+        A.Affine(
+            rotate=(-rotate, rotate),
+            translate_percent=(-shift, shift),
+            scale={"x": (1 - zoom, 1 + zoom), "y": (1 - zoom, 1 + zoom)},
+            interpolation=cv2.INTER_LINEAR,
+            border_mode=cv2.BORDER_REPLICATE,
+            p=1.0,
+        ),
+        A.HorizontalFlip(p=0.5),
+    ]
+
+
+def _resizer_ferplus() -> list[A.BasicTransform]:
+    # The Neural-Resizer code's torchvision pipeline: flip, rotation up to 45 degrees, then an affine of up
+    # to 15 degrees at a fixed 1.2 zoom (both nearest-neighbour with black corners, torchvision's
+    # defaults) and brightness/contrast/saturation jitter of 0.4.
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.Rotate(limit=45, interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0),
+        A.Affine(
+            rotate=(-15, 15),
+            scale=1.2,
+            interpolation=cv2.INTER_NEAREST,
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            p=1.0,
+        ),
+        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=1.0),
+    ]
+
+
 # recipe name -> (augmentations before Normalize, augmentations after Normalize), training only.
 _RECIPES: dict[str, tuple[TransformFactory, TransformFactory]] = {
     "none": (list, list),
@@ -38,6 +74,12 @@ _RECIPES: dict[str, tuple[TransformFactory, TransformFactory]] = {
     "btn_affectnet": _flip_then_erasing((0.02, 0.1), 1.0),
     # POSTER++ code on AffectNet: erasing always applied with a fixed scale of 0.05.
     "posterpp_affectnet": _flip_then_erasing((0.05, 0.05), 1.0),
+    # Neural-Resizer code on FER+ (its test set got the same random pipeline; ours evaluates without).
+    "resizer_ferplus": (_resizer_ferplus, list),
+    # LHC-Net's first training phase: rotation up to 30 degrees and flip.
+    "lhcnet_rotate": (_lhcnet_affine(rotate=30, shift=0.0, zoom=0.0), list),
+    # LHC-Net's second phase: rotation 10 degrees, shift 0.1, zoom 0.1 and flip.
+    "lhcnet_shift": (_lhcnet_affine(rotate=10, shift=0.1, zoom=0.1), list),
 }
 
 RECIPES: tuple[str, ...] = tuple(_RECIPES)
