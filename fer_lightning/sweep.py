@@ -535,6 +535,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def check_config_files(command: list[str], sweep_file: Path) -> None:
+    """Every ``--config FILE`` of a run's command exists, before any run starts: a sweep's command names
+    its configs relative to the folder it runs in (the repository root for ours), as W&B's agents do."""
+    paths = [value for option, value in itertools.pairwise(command) if option in ("--config", "-c")]
+    paths += [part.partition("=")[2] for part in command if part.startswith(("--config=", "-c="))]
+    for path in paths:
+        if not Path(path).is_file():
+            raise ResultsError(
+                f"{sweep_file}: the runs' config {path} does not exist from {Path.cwd()}; run the sweep from "
+                "the folder its command's paths are relative to (the repository root for sweeps/*.yaml)"
+            )
+
+
 def best_metric(run_folder: Path, metric: str, goal: str) -> float | None:
     """The best value of ``metric`` in a run's ``metrics.csv`` (None when it never logged it)."""
     from fer_lightning.plots import read_metrics_csv
@@ -588,6 +601,10 @@ def run_sweep(
             command = local_command(expand_command(config, run.parameters, overrides))
             print(f"[{run.index + 1}/{len(planned)}] {run.name}: {subprocess.list2cmdline(command)}")
         return folder
+    if planned:
+        check_config_files(
+            local_command(expand_command(config, planned[0].parameters, overrides)), sweep_file
+        )
     folder.mkdir(parents=True, exist_ok=True)
     state = SweepState(folder, sweep_file, overrides)
     for run in planned:

@@ -325,3 +325,15 @@ def test_a_sweep_folder_refuses_a_changed_sweep(tmp_path, monkeypatch):
     (out / "sweep_state.json").write_text(json.dumps(state))
     with pytest.raises(sweep.ResultsError, match="pass another --out folder"):
         sweep.run_sweep(sweep_file, out=out)
+
+
+def test_a_sweep_whose_configs_are_not_found_stops_before_any_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep.subprocess, "Popen", lambda *a, **k: pytest.fail("nothing may run"))
+    monkeypatch.chdir(tmp_path)  # not the repository root: experiments/btn_rafdb.yaml is not here
+    with pytest.raises(SystemExit):
+        main(["sweep", "run", str(REPO / "sweeps" / "btn_lambda.yaml"), "--max-runs", "1"])
+    error = capsys.readouterr().err
+    assert (
+        "the runs' config experiments/btn_rafdb.yaml does not exist" in error and "repository root" in error
+    )
+    assert not (tmp_path / "runs").exists()
