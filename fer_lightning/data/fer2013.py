@@ -8,6 +8,8 @@ same rows, in the same order, ten crowd votes over 8 emotions plus ``unknown`` a
 from __future__ import annotations
 
 import csv
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +24,8 @@ from fer_lightning.data.formats import (
     FERPLUS_EXTRA_COLUMNS,
 )
 from fer_lightning.data.io import BadSampleError, DirectoryIndex
-from fer_lightning.errors import DatasetNotFoundError
+from fer_lightning.data.label_prior import prior_from_votes
+from fer_lightning.errors import ConfigurationError, DatasetNotFoundError
 
 USAGES = FER2013_USAGES
 FER2013_FILE = "fer2013.csv"
@@ -108,6 +111,13 @@ class FER2013DataModule(FERDataModule):
         ferplus_label: ``majority`` (Microsoft's FER+ rule, the default of the FER+ papers) or
             ``plurality`` (the class with the most votes, ties dropped).
         return_votes: FER+ only: samples are ``(image, label, votes)`` instead of ``(image, label)``.
+        upsample_to: side in pixels each 48×48 face is enlarged to, with bicubic interpolation, before
+            the augmentation (the Neural-Resizer recipe trains on 384×384 faces its authors super-resolved
+            offline with a face SR network; bicubic is the stand-in). ``None``: faces stay 48×48 until
+            the transform resizes them to ``img_size`` (bilinear).
+        super_resolution: ``"package.module:function"`` of your own super-resolution callable, applied to
+            each face (RGB uint8 48×48×3 in, RGB uint8 H×W×3 out) before ``upsample_to`` resizes its
+            output; imported in every DataLoader worker.
         **kwargs: the shared options of :class:`~fer_lightning.data.base.FERDataModule`.
     """
 
@@ -123,6 +133,8 @@ class FER2013DataModule(FERDataModule):
         test_usage: Literal["PrivateTest", "PublicTest"] = "PrivateTest",
         ferplus_label: Literal["majority", "plurality"] = "majority",
         return_votes: bool = False,
+        upsample_to: int | None = None,
+        super_resolution: str | None = None,
         **kwargs: Any,
     ) -> None:
         if labels not in ("fer2013", "ferplus"):
@@ -137,7 +149,18 @@ class FER2013DataModule(FERDataModule):
             )
         if return_votes and labels != "ferplus":
             raise ValueError("FER2013: data.return_votes needs data.labels=ferplus (FER2013 has no votes)")
+        if upsample_to is not None and upsample_to < IMAGE_SIDE:
+            raise ConfigurationError(
+                f"FER2013: data.upsample_to={upsample_to}: expected a side of at least {IMAGE_SIDE} pixels "
+                "(e.g. 384, the Neural-Resizer input) or null"
+            )
+        if super_resolution is not None:
+            _import_callable(super_resolution)  # a wrong path fails now, not in a DataLoader worker
         super().__init__(root=root, **kwargs)
+        # Split tables as read from the files, before setup's label noise; read early when the F-PDLS
+        # prior is asked for at instantiation (the CLI), and then reused by setup.
+        self._tables_as_read: dict[str, SplitTable] | None = None
+        self._super_resolution: Callable[[np.ndarray], np.ndarray] | None = None
         if labels == "ferplus":
             self.DATASET_NAME = "FER+"
             self.class_names = list(FERPLUS_CLASS_NAMES)
@@ -158,7 +181,24 @@ class FER2013DataModule(FERDataModule):
         return find_file(root, FER2013_FILE) is not None
 
     def load_image(self, source: np.ndarray) -> np.ndarray:
-        return cv2.cvtColor(source, cv2.COLOR_GRAY2RGB)
+        image = cv2.cvtColor(source, cv2.COLOR_GRAY2RGB)
+        if self.hparams.super_resolution is not None:
+            image = self._apply_super_resolution(image)
+        side = self.hparams.upsample_to
+        if side is not None and image.shape[:2] != (side, side):
+            image = cv2.resize(image, (side, side), interpolation=cv2.INTER_CUBIC)
+        return image
+
+    def _apply_super_resolution(self, image: np.ndarray) -> np.ndarray:
+        if self._super_resolution is None:  # once per process: workers import it themselves
+            self._super_resolution = _import_callable(self.hparams.super_resolution)
+        enlarged = np.asarray(self._super_resolution(image))
+        if enlarged.dtype != np.uint8 or enlarged.ndim != 3 or enlarged.shape[2] != 3:
+            raise ConfigurationError(
+                f"FER2013: data.super_resolution {self.hparams.super_resolution} returned a "
+                f"{enlarged.dtype} array of shape {enlarged.shape}; expected RGB uint8 H×W×3"
+            )
+        return enlarged
 
     def sample_extras(self) -> tuple[str, ...]:
         return ("votes",) if self.hparams.return_votes else ()
@@ -168,26 +208,34 @@ class FER2013DataModule(FERDataModule):
         """(N, 8) FER+ vote distributions of ``split``'s samples, in its sample order; rows sum to 1."""
         if self.hparams.labels != "ferplus":
             raise ValueError("FER2013: vote distributions exist only with data.labels=ferplus")
-        if not self.tables:
-            self.setup()
-        return self.tables[split].extras["votes"]
+        return self._read_tables()[split].extras["votes"]
 
     def prior_matrix(self) -> np.ndarray:
         """F-PDLS prior D (K×K): row y = mean vote distribution of the training images labelled y.
 
-        Rows sum to 1; a class without training images gets the one-hot row of itself.
+        Rows sum to 1; a class without training images gets the one-hot row of itself. Computed from the
+        labels as the files give them (before ``label_noise``), without setting up the datamodule.
         """
-        votes = self.vote_distributions("train")
-        labels = self.tables["train"].labels
-        prior = np.eye(self.num_classes)
-        for label in range(self.num_classes):
-            members = labels == label
-            if members.any():
-                prior[label] = votes[members].mean(axis=0)
-        return prior / prior.sum(axis=1, keepdims=True)
+        train = self._read_tables()["train"]
+        return prior_from_votes(train.extras["votes"], train.labels, self.num_classes)
+
+    def vote_prior(self) -> np.ndarray | None:
+        return self.prior_matrix() if self.hparams.labels == "ferplus" else None
 
     # ---- reading ------------------------------------------------------------------------------
+    def _read_tables(self) -> dict[str, SplitTable]:
+        if self._tables_as_read is None:
+            root = self.root
+            self.check_root(root)
+            self._tables_as_read = self._read_files(root)
+        return self._tables_as_read
+
     def read_splits(self, root: Path) -> dict[str, SplitTable]:
+        if self._tables_as_read is None:
+            self._tables_as_read = self._read_files(root)
+        return dict(self._tables_as_read)
+
+    def _read_files(self, root: Path) -> dict[str, SplitTable]:
         fer_path = find_file(root, FER2013_FILE)
         if fer_path is None:
             raise DatasetNotFoundError(
@@ -300,6 +348,22 @@ class FER2013DataModule(FERDataModule):
         builder.add(
             pixels, column, f"{path.name}:{line} {image_name}", votes=emotion_votes / emotion_votes.sum()
         )
+
+
+def _import_callable(path: str) -> Callable:
+    """The callable named ``"package.module:function"``; a one-line error when it cannot be found."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute) if attribute else None
+    except (ImportError, AttributeError) as error:
+        raise ConfigurationError(
+            f"FER2013: data.super_resolution {path!r} cannot be imported: {error}"
+        ) from error
+    if not callable(function):
+        raise ConfigurationError(
+            f"FER2013: data.super_resolution {path!r}: expected 'package.module:function' naming a callable"
+        )
+    return function
 
 
 def _read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str] | None]]:

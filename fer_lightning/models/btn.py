@@ -203,9 +203,12 @@ class BTN(POSTERPP):
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         heads = self.heads(images)
-        terms = {f"ce_{name}": self.cross_entropy(heads[name], labels) for name in ("vit", "bt", "cba")}
+        # Each term is the configured loss (cross-entropy in the paper; F-PDLS with loss: fpdls).
+        terms = {
+            f"loss_{name}": self.classification_loss(heads[name], labels) for name in ("vit", "bt", "cba")
+        }
         self.record_loss_terms(**terms)
-        loss = self.lambda_vit * terms["ce_vit"] + terms["ce_bt"] + terms["ce_cba"]  # eq. 9
+        loss = self.lambda_vit * terms["loss_vit"] + terms["loss_bt"] + terms["loss_cba"]  # eq. 9
         return loss, heads["vit"]
 
     def _evaluation_step(self, split: str, batch) -> None:
