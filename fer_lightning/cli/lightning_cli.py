@@ -25,6 +25,7 @@ import fer_lightning.data.fer2013
 import fer_lightning.data.rafdb
 import fer_lightning.models  # noqa: F401
 from fer_lightning.callbacks import (
+    BatchSizeLog,
     ConfusionMatrixPlot,
     InterruptCheckpoint,
     TrainingCurvesPlot,
@@ -433,6 +434,8 @@ def trainer_defaults(selection_metric: str = SELECTION_METRIC) -> dict:
             TrainingCurvesPlot(),
             InterruptCheckpoint(),
             EpochSeededRandomState(),
+            # Per-device, global and CBA batch sizes: a few scalars per step, no communication.
+            BatchSizeLog(),
         ],
     }
 
