@@ -1,5 +1,6 @@
 """In eval mode a sample's prediction depends on that sample only (the BTN paper: never predict after
-a batch attention). One implementation for POSTER++ and BTN; BTN's P_BT head shows the check can fail."""
+a batch attention). One implementation for POSTER++, BTN and ARBEx (whose batch attention shapes
+training only); BTN's P_BT head shows the check can fail."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from fer_lightning.models import POSTERPP
+from fer_lightning.models.arbex import ARBEx
 from fer_lightning.models.btn import BTN
 
 pytestmark = pytest.mark.filterwarnings("ignore:PosterBody")
@@ -36,8 +38,8 @@ def predictions_alone_batched_and_permuted(model, images):
 
 @pytest.mark.parametrize(
     ("model_class", "kwargs"),
-    [(POSTERPP, {}), (BTN, {"cba_backend": "reference"})],
-    ids=["posterpp", "btn"],
+    [(POSTERPP, {}), (BTN, {"cba_backend": "reference"}), (ARBEx, {})],
+    ids=["posterpp", "btn", "arbex"],
 )
 def test_eval_predictions_do_not_depend_on_the_batch(model_class, kwargs):
     model = _trained_like(model_class, **kwargs)

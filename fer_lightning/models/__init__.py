@@ -1,5 +1,6 @@
 """LightningModules, one module per paper; shared networks in ``backbones/``."""
 
+from fer_lightning.models.arbex import ARBEx
 from fer_lightning.models.backbones import PosterBody
 from fer_lightning.models.base import FERClassifier
 from fer_lightning.models.btn import BTN
@@ -7,4 +8,4 @@ from fer_lightning.models.lhcnet import LHCNet
 from fer_lightning.models.posterpp import POSTERPP
 from fer_lightning.models.timm_classifier import TimmClassifier
 
-__all__ = ["BTN", "POSTERPP", "FERClassifier", "LHCNet", "PosterBody", "TimmClassifier"]
+__all__ = ["BTN", "POSTERPP", "ARBEx", "FERClassifier", "LHCNet", "PosterBody", "TimmClassifier"]
