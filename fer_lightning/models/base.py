@@ -19,6 +19,7 @@ from torchmetrics.classification import (
 )
 
 from fer_lightning.errors import ConfigurationError, NonFiniteLossError
+from fer_lightning.losses import build_classification_loss
 from fer_lightning.optim import all_finite, sam_perturb, sam_restore
 
 EVAL_SPLITS = ("val", "test")
@@ -46,7 +47,7 @@ def default_optimizer(params) -> torch.optim.Optimizer:
 class FERClassifier(L.LightningModule):
     """Base classifier. Subclasses build their network and implement :meth:`forward` (images → logits).
 
-    Training loss is cross-entropy on ``forward``'s logits unless a subclass overrides
+    Training loss is the configured ``loss`` on ``forward``'s logits unless a subclass overrides
     :meth:`training_loss`. Evaluation always uses :meth:`forward` in eval mode, so a sample's
     prediction depends on that sample only. Validation metrics drive checkpoint selection; test metrics
     are logged under ``test/`` and never used for selection.
@@ -56,6 +57,16 @@ class FERClassifier(L.LightningModule):
         optimizer: a callable building the optimiser from parameters (``class_path`` in YAML).
         scheduler: optional callable building an LR scheduler from the optimiser, stepped per epoch.
         label_smoothing: cross-entropy label smoothing.
+        loss: what training minimises and ``val/loss``/``test/loss`` report (BTN: each of its terms):
+            ``cross_entropy``, ``fpdls`` (focal prior-distribution label smoothing,
+            :class:`~fer_lightning.losses.FPDLS`) or ``pdls`` (its non-focal variant).
+        loss_alpha, loss_gamma: F-PDLS's one-hot weight α and focal exponent γ; unset: the official
+            values (``fpdls`` 0.8 and 2, ``pdls`` 0.5 and 0).
+        loss_prior: the F-PDLS prior D: ``null`` takes the dataset's (the CLI computes it from the FER+
+            votes, or remaps FER+'s by class name for datasets without votes and logs what it did);
+            ``uniform`` (uniform label smoothing); or a K×K matrix in the dataset's class order, rows
+            summing to 1.
+        dataset_prior: the dataset's prior, linked from the datamodule by the CLI (not set by hand).
         sam_rho: wrap the optimiser in SAM with this radius (POSTER++/BTN use 0.05 around Adam); each
             step then makes two forward/backward passes through manual optimisation. ``None``: plain.
         sam_adaptive: adaptive SAM (perturbation scaled by |w|).
@@ -82,6 +93,11 @@ class FERClassifier(L.LightningModule):
         sam_rho: float | None = None,
         sam_adaptive: bool = False,
         max_nonfinite_steps: int | None = 5,
+        loss: str = "cross_entropy",
+        loss_alpha: float | None = None,
+        loss_gamma: float | None = None,
+        loss_prior: str | list[list[float]] | None = None,
+        dataset_prior: list[list[float]] | None = None,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
@@ -97,6 +113,15 @@ class FERClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
+        self.criterion = build_classification_loss(
+            loss,
+            num_classes,
+            label_smoothing=label_smoothing,
+            alpha=loss_alpha,
+            gamma=loss_gamma,
+            loss_prior=loss_prior,
+            dataset_prior=dataset_prior,
+        )
         self.sam_rho = sam_rho
         self.sam_adaptive = sam_adaptive
         # SAM needs two backward passes between optimiser steps, which automatic optimisation cannot do.
@@ -124,7 +149,12 @@ class FERClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The configured ``loss`` of ``logits`` against ``labels`` (batch mean, computed in fp32)."""
+        return self.criterion(logits, labels)
+
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Plain cross-entropy (with ``label_smoothing``) whatever ``loss`` is configured."""
         # In fp32: under bf16/fp16 autocast the log-sum-exp of the logits loses precision.
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
 
@@ -132,7 +162,7 @@ class FERClassifier(L.LightningModule):
         """(loss, logits used for the training accuracy). A loss made of several terms names them with
         :meth:`record_loss_terms`, so that a divergence message says which one went non-finite."""
         logits = self(images)
-        return self.cross_entropy(logits, labels), logits
+        return self.classification_loss(logits, labels), logits
 
     def record_loss_terms(self, **terms: torch.Tensor) -> None:
         """Keep the named parts of the training loss just computed (detached; read only on divergence)."""
@@ -357,7 +387,7 @@ class FERClassifier(L.LightningModule):
 
     def update_evaluation(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Accumulate the reported metrics of ``split`` from the model's predictions on one batch."""
-        self.eval_loss[split].update(self.cross_entropy(logits, labels), weight=labels.shape[0])
+        self.eval_loss[split].update(self.classification_loss(logits, labels), weight=labels.shape[0])
         self.eval_metrics[split].update(logits, labels)
 
     def validation_step(self, batch, batch_idx: int) -> None:
