@@ -297,7 +297,9 @@ class TorchNetwork:
 class OnnxNetwork:
     """Batches through an exported ``.onnx`` with ONNX Runtime (CPU, or CUDA where installed and asked)."""
 
-    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, path: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None
+    ) -> None:
         try:
             import onnxruntime
         except ImportError as error:
@@ -305,10 +307,15 @@ class OnnxNetwork:
                 "predicting with a .onnx needs onnxruntime: pip install -c constraints.txt -e '.[export]'"
             ) from error
         providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda":
-            providers.insert(0, "CUDAExecutionProvider")
+        if (
+            torch.device(device).type == "cuda"
+            and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        ):
+            providers.insert(0, "CUDAExecutionProvider")  # the onnxruntime-gpu package has it
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # its warnings about unused initialisers are not the user's concern
+        if threads is not None:
+            options.intra_op_num_threads = threads
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         except Exception as error:

@@ -17,6 +17,7 @@ import torch
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 # Every datamodule and model class is imported, so that subclass mode knows them by short name too.
 import fer_lightning.data.affectnet
@@ -31,11 +32,14 @@ from fer_lightning.callbacks import (
     TrainingCurvesPlot,
     ValidationCheckpoint,
 )
+from fer_lightning.callbacks.inference_metadata import InferenceMetadata
 from fer_lightning.callbacks.random_state import EpochSeededRandomState
 from fer_lightning.cli import EXTRA_COMMANDS_HELP, debugging, run_folders
 from fer_lightning.cli.parse_errors import class_init_options, condense_parse_error
 from fer_lightning.data import FERDataModule
+from fer_lightning.data.label_prior import dataset_label_prior
 from fer_lightning.errors import ConfigurationError, WeightsError
+from fer_lightning.losses import prior_loss_needs_dataset_prior
 from fer_lightning.models import FERClassifier
 from fer_lightning.results import RESULTS_FILE, append_row, config_digest, relative_to_table, results_row
 
@@ -162,6 +166,10 @@ class FERCLI(LightningCLI):
         # Fixed per dataset and set in the datamodule's __init__, so they exist at instantiation.
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+        # The F-PDLS prior, as plain lists: read from the data only for a model whose loss needs it.
+        parser.link_arguments(
+            "data", "model.init_args.dataset_prior", compute_fn=self._dataset_prior, apply_on="instantiate"
+        )
         parser.add_argument(
             "--selection_metric",
             type=str,
@@ -174,6 +182,23 @@ class FERCLI(LightningCLI):
             ),
         )
         add_results_arguments(parser)
+
+    def _dataset_prior(self, datamodule) -> list[list[float]] | None:
+        """The dataset's F-PDLS prior when the model's ``loss`` takes it from the data, else ``None``.
+
+        FER+ computes it from its training votes; a dataset without votes gets FER+'s, remapped by class
+        name. One log line says which.
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model_args = config.model.get("init_args") or {}
+        loss, loss_prior = model_args.get("loss", "cross_entropy"), model_args.get("loss_prior")
+        if not prior_loss_needs_dataset_prior(loss, loss_prior):
+            return None
+        vote_prior = getattr(datamodule, "vote_prior", lambda: None)()
+        name = getattr(datamodule, "DATASET_NAME", type(datamodule).__name__)
+        prior, note = dataset_label_prior(vote_prior, datamodule.class_names, name)
+        rank_zero_info(note)
+        return prior
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False (fer-lightning complexity): no run, no run folder
@@ -436,6 +461,8 @@ def trainer_defaults(selection_metric: str = SELECTION_METRIC) -> dict:
             EpochSeededRandomState(),
             # Per-device, global and CBA batch sizes: a few scalars per step, no communication.
             BatchSizeLog(),
+            # What `fer-lightning predict` needs to use a checkpoint without its config.
+            InferenceMetadata(),
         ],
     }
 
