@@ -254,8 +254,12 @@ class InitReport:
     def __str__(self) -> str:
         text = f"init_from {self.source}: loaded {self.loaded}/{self.expected} tensors"
         if self.new:
-            modules = sorted({key.rsplit(".", 1)[0] for key in self.new})
-            text += f"; {len(self.new)} new, left as initialised ({', '.join(modules)})"
+            # Keys look like lhc.<module>.<tensor>: name the tensors once and the modules once.
+            modules = sorted({".".join(key.split(".")[:2]) for key in self.new})
+            tensors = sorted({key.split(".", 2)[2] for key in self.new})
+            text += (
+                f"; {len(self.new)} new, left as initialised ({', '.join(tensors)} of {', '.join(modules)})"
+            )
         return text
 
 
