@@ -317,7 +317,9 @@ class FERDataModule(L.LightningDataModule):
             scale 0.02–0.1 with p 0.5; BTN and POSTER++ on RAF-DB), ``btn_affectnet`` (the same
             erasing on every image; BTN on AffectNet), ``posterpp_affectnet`` (flip + erasing of scale
             0.05 on every image; POSTER++ code on AffectNet), ``resizer_ferplus`` (flip, rotation, affine
-            zoom and colour jitter; Neural-Resizer code on FER+). Evaluation only resizes and normalises.
+            zoom and colour jitter; Neural-Resizer code on FER+), ``lhcnet_rotate`` (rotation ±30° and
+            flip; LHC-Net's first phase), ``lhcnet_shift`` (rotation ±10°, shift and zoom 0.1, flip;
+            LHC-Net's second phase). Evaluation only resizes and normalises.
         sampler: ``shuffle`` or ``imbalanced`` (1 / class-frequency weights, seeded, DDP-safe).
         val_fraction: share of each training class carved out for validation when the dataset has no
             official validation split. Checkpoints are selected on it; test is reported separately.
