@@ -97,7 +97,12 @@ class FaceDetector:
             boxes = [(x, y, x + w, y + h) for x, y, w, h in np.asarray(found).reshape(-1, 4)]
         else:
             self._yunet.setInputSize((small.shape[1], small.shape[0]))
-            _, found = self._yunet.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+            try:
+                _, found = self._yunet.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+            except cv2.error as error:  # any ONNX file loads; a non-YuNet one fails here
+                raise ConfigurationError(
+                    f"face detector model {self.path}: not a YuNet face detector ({str(error).strip()[:120]})"
+                ) from error
             rows = np.zeros((0, 15)) if found is None else found
             boxes = [(x, y, x + w, y + h) for x, y, w, h in rows[:, :4] if min(w, h) >= min_side]
         return sorted(
