@@ -166,14 +166,15 @@ def make_synthetic(argv: list[str]) -> None:
 
 
 def complexity(argv: list[str]) -> None:
-    """``fer-lightning complexity``: parameters and MACs of a config's model, per image."""
-    from fer_lightning.models.complexity import count_macs, count_parameters
+    """``fer-lightning complexity``: parameters, MACs and FLOPs of a config's model, per image."""
+    from fer_lightning.models.complexity import count_flops, count_parameters
 
     if not argv or argv[0] in ("-h", "--help"):
         print(
             "usage: fer-lightning complexity --config CONFIG [overrides]\n\n"
             + complexity.__doc__.split(": ", 1)[1]
-            + " MACs = multiply-accumulates (FlopCounterMode FLOPs / 2), eval mode, batch 1; no data is read."
+            + " MACs = multiply-accumulates; FLOPs = 2 x MACs (FlopCounterMode's count); eval mode, batch 1;"
+            " no data is read."
         )
         return
     # The datamodule is only instantiated (for the class count and image size); it reads nothing, so a
@@ -199,10 +200,12 @@ def complexity(argv: list[str]) -> None:
     )
     model, size = cli.model, cli.datamodule.hparams.img_size
     total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
-    macs = count_macs(model, (1, 3, size, size))
+    flops = count_flops(model, (1, 3, size, size))
     print(f"model: {type(model).__name__} ({cli.datamodule.num_classes} classes), input 3x{size}x{size}")
     print(f"parameters: {total:,} ({trainable:,} trainable)")
-    print(f"compute: {macs / 1e9:.3f} GMACs per image (eval forward; 1 MAC = 2 FLOPs)")
+    print(
+        f"compute: {flops / 2e9:.3f} GMACs = {flops / 1e9:.3f} GFLOPs per image (eval forward; 1 MAC = 2 FLOPs)"
+    )
 
 
 def plot_curves(argv: list[str]) -> None:

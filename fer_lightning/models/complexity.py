@@ -5,6 +5,10 @@ Compute is reported in **MACs** (multiply-accumulates). It is measured with
 **2 FLOPs per MAC**, so MACs = its total ÷ 2. Element-wise ops (norms, activations, softmax, additions)
 are not counted, as in every published MAC figure we compare with. Parameter counts cover the modules
 that exist; our models build no dead modules, so that is also the count of what runs.
+
+Custom ops are invisible to the counter unless they register a formula: the routing attention op does
+(``fer_lightning/ops/bra``), counting the routed token pairs only, and is imported here so that its
+formula is registered before any counter is built.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+import fer_lightning.ops  # noqa: F401  (registers the FLOP formula of the routing attention op)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -38,12 +44,21 @@ def _count_flops(model: nn.Module, input_shape: Sequence[int]) -> FlopCounterMod
     return counter
 
 
+def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> int:
+    """FLOPs of one eval-mode forward pass on an input of ``input_shape``: FlopCounterMode's total, which
+    counts 2 FLOPs per multiply-add (so always twice :func:`count_macs`).
+
+    Quote per image: use batch 1 or divide by the batch size. The model is left in the mode it was in.
+    """
+    return _count_flops(model, input_shape).get_total_flops()
+
+
 def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> int:
     """MACs of one eval-mode forward pass on an input of ``input_shape`` (FlopCounterMode FLOPs ÷ 2).
 
     Quote per image: use batch 1 or divide by the batch size. The model is left in the mode it was in.
     """
-    return _count_flops(model, input_shape).get_total_flops() // 2
+    return count_flops(model, input_shape) // 2
 
 
 def macs_by_module(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -68,9 +68,10 @@ def _preview(keys: list[str]) -> str:
 def read_state_dict(checkpoint: CheckpointSource) -> tuple[dict[str, torch.Tensor], str]:
     """A flat ``{name: tensor}`` from a path or a mapping, with any ``module.`` prefixes removed.
 
-    Accepts a bare state dict or a training checkpoint ``{'state_dict': {...}, 'epoch': …}`` (the
-    ``*.pth.tar`` form). Files are read with ``weights_only=True``: a checkpoint that pickles other
-    objects is refused rather than executed; extract its ``state_dict`` once in a trusted session.
+    Accepts a bare state dict, a training checkpoint ``{'state_dict': {...}, 'epoch': …}`` (the
+    ``*.pth.tar`` form) or a release file ``{'model': {...}}`` (BiFormer's). Files are read with
+    ``weights_only=True``: a checkpoint that pickles other objects is refused rather than executed;
+    extract its ``state_dict`` once in a trusted session.
 
     Returns:
         (state dict, source description for messages).
@@ -103,8 +104,11 @@ def read_state_dict(checkpoint: CheckpointSource) -> tuple[dict[str, torch.Tenso
             raise _not_a_checkpoint(source, error) from error
         if not isinstance(loaded, Mapping):
             raise CheckpointMismatchError(f"{source}: expected a state dict, found {type(loaded).__name__}")
-    nested = loaded.get("state_dict")
-    if isinstance(nested, Mapping):
+    # Training checkpoints nest it under "state_dict"; BiFormer's releases under "model".
+    nested = next(
+        (loaded[key] for key in ("state_dict", "model") if isinstance(loaded.get(key), Mapping)), None
+    )
+    if nested is not None:
         loaded = nested
     state_dict: dict[str, torch.Tensor] = {}
     for key, value in loaded.items():
@@ -132,14 +136,19 @@ def load_renamed(
     source: str,
     key_format: str,
     ignored: list[str],
+    initialised: Collection[str] = (),
 ) -> LoadReport:
     """Load ``renamed`` (already in our names) into ``module`` if it covers it exactly, else raise.
+
+    ``initialised``: tensors of ``module`` that keep their initial values (a new classifier head) and
+    are therefore neither expected nor accepted in ``renamed``.
 
     Raises:
         CheckpointMismatchError: one line with the matched/expected counts and the first missing,
             wrong-shape and unexpected keys. Nothing is loaded in that case.
     """
     own = module.state_dict()
+    own = {key: value for key, value in own.items() if key not in initialised}
     expected = [key for key in own if not key.endswith(_OPTIONAL_SUFFIXES)]
     missing = [key for key in expected if key not in renamed]
     wrong_shape = [

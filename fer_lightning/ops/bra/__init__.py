@@ -14,6 +14,8 @@ import importlib
 from types import ModuleType
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+from torch.utils.flop_counter import register_flop_formula
 
 from .._dispatch import autocast_disabled, cast_to_autocast_dtype, check_same_float_dtype, resolve_backend
 from . import fast
@@ -94,6 +96,47 @@ def _backward(ctx, grad_out, _grad_lse):
 routed_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# FLOP formulas, so that torch.utils.flop_counter.FlopCounterMode counts the custom ops (it skips ops it
+# has no formula for). The count is the routed arithmetic, whatever the backend: every query token
+# against the topk·w² key tokens of its routed regions; routing itself is counted by the counter from
+# its own matmul. 2 FLOPs per multiply-add, the counter's convention.
+def _routed_products(q_shape, v_shape, route_idx_shape, products_over_d: int, products_over_dv: int) -> int:
+    batch, heads, height, width, dim = q_shape
+    num_regions, topk = route_idx_shape[1], route_idx_shape[2]
+    keys_per_query = topk * (height * width // num_regions)
+    return (
+        2
+        * batch
+        * heads
+        * height
+        * width
+        * keys_per_query
+        * (products_over_d * dim + products_over_dv * v_shape[-1])
+    )
+
+
+@register_flop_formula(torch.ops.fer_lightning.routed_attention)
+def _routed_attention_flops(
+    q_shape, k_shape, v_shape, route_idx_shape, *args, out_shape=None, **kwargs
+) -> int:
+    # Logits Q·K̃ᵀ (over d) and weights·Ṽ (over d_v).
+    return _routed_products(q_shape, v_shape, route_idx_shape, 1, 1)
+
+
+@register_flop_formula(torch.ops.fer_lightning.routed_attention_backward)
+def _routed_attention_backward_flops(
+    grad_out_shape, q_shape, k_shape, v_shape, route_idx_shape, *args, out_shape=None, **kwargs
+) -> int:
+    # Recomputed logits, dQ and dK̃ (over d); dṼ and dO·Ṽᵀ (over d_v).
+    return _routed_products(q_shape, v_shape, route_idx_shape, 3, 2)
+
+
+def _flops_being_counted() -> bool:
+    """Whether a FlopCounterMode is active: the dense-with-mask path would be counted as dense attention
+    (or not at all, through the fused CPU kernel), so the routed op runs instead."""
+    return any(type(mode).__name__ == "_FlopCounterMode" for mode in _get_current_dispatch_mode_stack())
+
+
 def _check_region_inputs(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, route_idx: torch.Tensor, regions: int
 ):
@@ -145,7 +188,11 @@ def region_attention(
     with autocast_disabled(q.device.type):
         if backend == "reference":
             return region_attention_reference(q, k, v, route_idx, regions, scale)
-        if backend == "fast" and fast.prefer_dense_masked(q, v, regions, route_idx.shape[-1]):
+        if (
+            backend == "fast"
+            and fast.prefer_dense_masked(q, v, regions, route_idx.shape[-1])
+            and not _flops_being_counted()
+        ):
             return fast.region_attention_dense_masked(q, k, v, route_idx, regions, scale)
         out, _ = routed_attention_op(q, k, v, route_idx, regions, scale, backend)
         return out
