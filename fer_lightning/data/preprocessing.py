@@ -136,13 +136,19 @@ def eval_preprocessing_of(datamodule) -> EvalPreprocessing:
     splits apply it.
 
     Datasets cut from full pictures with face boxes (AffectNet's CSV release, AI-Hub; they have
-    ``crop_margin``/``crop_size`` options) record their own margin and crop size. FER2013's faces are grey
+    ``crop_margin``/``crop_size`` options, and whose training samples are face boxes once set up) record
+    their own margin and crop size. FER2013's faces are grey
     and 48 pixels wide, then enlarged to its ``upsample_to`` if set.
     """
     from fer_lightning.data.fer2013 import IMAGE_SIDE, FER2013DataModule  # fer2013 imports base
+    from fer_lightning.data.io import FaceCrop
 
     options = datamodule.hparams
     cuts_boxes = "crop_margin" in options
+    train = getattr(datamodule, "tables", {}).get("train")
+    if cuts_boxes and train is not None and len(train):
+        # AffectNet has the options for its CSV release, but its npy release ships ready-cut faces.
+        cuts_boxes = isinstance(train.sources[0], FaceCrop)
     grey_faces = isinstance(datamodule, FER2013DataModule)
     return EvalPreprocessing(
         img_size=int(options["img_size"]),
