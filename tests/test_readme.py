@@ -1,9 +1,9 @@
 """The README's measured numbers name the exact config they were measured with.
 
 Each "measured" paragraph of the README cites its config with a hash of the file, e.g.
-``experiments/quickstart.yaml`` (sha256 ``0123456789ab``). Changing the config without re-measuring
-(and updating the hash next to the new numbers) fails here, so the README never quotes figures of a
-config that no longer exists.
+``experiments/quickstart.yaml`` (sha256 ``0123456789ab``); a sweep file under ``sweeps/`` likewise.
+Changing the config without re-measuring (and updating the hash next to the new numbers) fails here, so
+the README never quotes figures of a config that no longer exists.
 """
 
 import hashlib
@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CITATION = re.compile(r"`(experiments/[\w.-]+\.yaml)` \(sha256 `([0-9a-f]{12})`\)")
-MEASURED_CONFIGS = ("experiments/quickstart.yaml", "experiments/btn_synthetic.yaml")
+CITATION = re.compile(r"`((?:experiments|sweeps)/[\w.-]+\.yaml)` \(sha256 `([0-9a-f]{12})`\)")
+MEASURED_CONFIGS = ("experiments/quickstart.yaml", "experiments/btn_synthetic.yaml", "sweeps/btn_lambda.yaml")
 
 
 def config_digest(path: Path) -> str:
