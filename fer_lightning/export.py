@@ -87,6 +87,13 @@ def export_model(
     source: str = "",
 ) -> ExportResult:
     """Write ``model``'s inference path to ``out`` with its metadata JSON, then check it (see module doc)."""
+    if getattr(model, "inference_head", "vit") != "vit":
+        # P_BT mixes the images of a batch: an export of it would give a face a different answer in
+        # every batch it lands in.
+        raise ExportError(
+            f"{source or type(model).__name__}: the model predicts with its batch-dependent "
+            f"{model.inference_head!r} head; export a model trained with inference_head=vit"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     network = InferenceNetwork(model.cpu()).eval()

@@ -104,3 +104,14 @@ def test_forced_backend_overrides_what_a_module_asks_for():
         assert _dispatch.resolve_backend("auto", torch.device("cpu")) == "reference"
         assert _dispatch.resolve_backend("fast", torch.device("cpu")) == "reference"
     assert _dispatch.resolve_backend("auto", torch.device("cpu")) == "fast"
+
+
+def test_a_batch_dependent_inference_head_is_not_exported(tmp_path):
+    """BTN with inference_head=bt predicts through batch attention: no export could be batch-invariant."""
+    from fer_lightning.export import ExportError
+
+    model = build("fer_lightning.models.BTN", {"variant": "tiny", "inference_head": "bt"})
+    metadata = inference_metadata(model, EvalPreprocessing(64).to_dict())
+    with pytest.raises(ExportError, match="batch-dependent 'bt' head"):
+        export_model(model, metadata, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
