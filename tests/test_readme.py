@@ -12,7 +12,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CITATION = re.compile(r"`((?:experiments|sweeps)/[\w.-]+\.yaml)` \(sha256 `([0-9a-f]{12})`\)")
-MEASURED_CONFIGS = ("experiments/quickstart.yaml", "experiments/btn_synthetic.yaml", "sweeps/btn_lambda.yaml")
+MEASURED_CONFIGS = (
+    "experiments/quickstart.yaml",
+    "experiments/btn_synthetic.yaml",
+    "sweeps/btn_lambda.yaml",
+    "experiments/resizer_synthetic.yaml",
+)
 
 
 def config_digest(path: Path) -> str:
