@@ -209,7 +209,7 @@ def _trust_by_step(run: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def tiny_rafdb(tmp_path_factory):
-    return write_tiny_rafdb(tmp_path_factory.mktemp("arbex_rafdb"), num_images=60, seed=2)
+    return write_tiny_rafdb(tmp_path_factory.mktemp("arbex_rafdb"), num_images=48, seed=2)
 
 
 def test_trust_ramp_continues_after_a_resume(tiny_rafdb, tmp_path):
@@ -219,6 +219,8 @@ def test_trust_ramp_continues_after_a_resume(tiny_rafdb, tmp_path):
         tiny_rafdb,
         tmp_path,
         "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=1",
         "--trainer.log_every_n_steps=1",
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.save_top_k=-1",
@@ -273,7 +275,9 @@ def test_config_fast_dev_run(config, num_classes, tiny_rafdb, synthetic_affectne
 
 
 def test_synthetic_config_lowers_the_loss(tiny_rafdb, tmp_path):
-    """A few steps of the tiny ARBEx (the config as shipped) on one repeated batch: the NLL falls."""
+    """A few steps of the tiny ARBEx (the config as shipped) on one repeated batch: the loss falls. A long
+    trust ramp keeps the anchor terms near 0 here, so the loss is the NLL moved by its own gradient (the
+    center loss alone also lowers the NLL of the balanced distribution, through the anchor similarity)."""
     main(
         [
             "fit",
@@ -284,20 +288,21 @@ def test_synthetic_config_lowers_the_loss(tiny_rafdb, tmp_path):
             f"--trainer.logger.init_args.save_dir={tmp_path}",
             "--trainer.enable_model_summary=false",
             "--trainer.enable_progress_bar=false",
-            "--data.batch_size=16",
+            "--data.batch_size=8",
             "--trainer.overfit_batches=1",
-            "--trainer.max_steps=12",
-            "--trainer.max_epochs=12",
+            "--trainer.max_steps=10",
+            "--trainer.max_epochs=10",
             "--trainer.log_every_n_steps=1",
             "--trainer.limit_val_batches=0",
+            "--model.init_args.trust_ramp_steps=1000",
         ]
     )
     [metrics] = glob.glob(str(tmp_path / "arbex_synthetic" / "version_*" / "metrics.csv"))
     with open(metrics) as handle:
         rows = list(csv.DictReader(handle))
-    nll = [float(r["train/nll_step"]) for r in rows if r.get("train/nll_step")]
-    assert len(nll) == 12
-    assert sum(nll[-3:]) / 3 < 0.9 * sum(nll[:3]) / 3, nll
+    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    assert len(losses) == 10
+    assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
 
 
 def test_similarity_softmax_runs_over_all_anchors():
