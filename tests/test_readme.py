@@ -17,6 +17,7 @@ MEASURED_CONFIGS = (
     "experiments/btn_synthetic.yaml",
     "sweeps/btn_lambda.yaml",
     "experiments/resizer_synthetic.yaml",
+    "experiments/biformer_synthetic.yaml",
 )
 
 
