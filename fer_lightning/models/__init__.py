@@ -10,4 +10,14 @@ from fer_lightning.models.resizer_vit import ResizerTransformer
 from fer_lightning.models.routing_vit import RoutingViT
 from fer_lightning.models.timm_classifier import TimmClassifier
 
-__all__ = ["BTN", "POSTERPP", "ARBEx", "FERClassifier", "LHCNet", "PosterBody", "ResizerTransformer", "RoutingViT", "TimmClassifier"]
+__all__ = [
+    "BTN",
+    "POSTERPP",
+    "ARBEx",
+    "FERClassifier",
+    "LHCNet",
+    "PosterBody",
+    "ResizerTransformer",
+    "RoutingViT",
+    "TimmClassifier",
+]
