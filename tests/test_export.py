@@ -28,6 +28,10 @@ EXPORTED_MODELS = [
     # BTN's inference path is POSTER++'s body plus its P_VIT head: POSTER++ alone runs with the slow tests.
     pytest.param("fer_lightning.models.POSTERPP", {"variant": "tiny"}, 64, marks=pytest.mark.slow),
     ("fer_lightning.models.BTN", {"variant": "tiny"}, 64),
+    # Routing attention's top-k through ONNX's TopK (its stable sort has no ONNX form).
+    pytest.param(
+        "fer_lightning.models.RoutingViT", {"variant": "tiny", "img_size": 64}, 64, marks=pytest.mark.slow
+    ),
 ]
 CLASS_NAMES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 

@@ -75,5 +75,8 @@ def route_regions(q: torch.Tensor, k: torch.Tensor, regions: int, topk: int) -> 
     query_desc = region_descriptors(q.detach().float(), regions)
     key_desc = region_descriptors(k.detach().float(), regions)
     affinity = torch.bmm(query_desc, key_desc.transpose(1, 2))  # (B, S², S²)
+    if torch.compiler.is_exporting():
+        # ONNX has no stable sort; its TopK puts the lower index first among equal values, the same order.
+        return torch.topk(affinity, topk, dim=-1).indices
     order = torch.sort(affinity, dim=-1, descending=True, stable=True).indices
     return order[..., :topk].contiguous()
