@@ -49,7 +49,7 @@ NO_FACE = "no face found"
 TRUSTED_MODEL_PACKAGE = "fer_lightning.models."
 #: Options that would make a model load weights from elsewhere while being built (the checkpoint's
 #: weights replace them anyway): turned off for predict, so nothing is read or downloaded.
-_EXTERNAL_WEIGHT_OPTIONS = {"pretrained": False}
+_EXTERNAL_WEIGHT_OPTIONS = {"pretrained": False, "weights": None, "init_from": None}
 _EXTERNAL_WEIGHT_SUFFIXES = ("_weights", "_weights_path", "_checkpoint")
 
 ONNX_INPUT = "images"
