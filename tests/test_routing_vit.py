@@ -23,12 +23,20 @@ from fer_lightning.models.routing_vit import RoutedViTNetwork, RoutingVariant, r
 
 
 def _randomised(model: RoutingViT) -> RoutingViT:
-    """Every floating-point tensor random (LePE, norms and BatchNorm statistics included), eval mode."""
+    """Every floating-point tensor random (LePE, norms and BatchNorm statistics included), eval mode.
+
+    Norm gains and variances near 1 and weights large enough that attention is far from uniform, so
+    that the logits depend on which tokens are attended to and how sharply.
+    """
     torch.manual_seed(0)
     with torch.no_grad():
         for name, tensor in model.network.state_dict().items():
-            if tensor.is_floating_point():
-                tensor.uniform_(0.5, 1.5) if name.endswith("running_var") else tensor.normal_(0, 0.1)
+            if not tensor.is_floating_point():
+                continue
+            if name.endswith("running_var") or (tensor.dim() == 1 and name.endswith("weight")):
+                tensor.uniform_(0.5, 1.5)
+            else:
+                tensor.normal_(0, 0.2 if tensor.dim() > 1 else 0.1)
     return model.eval()
 
 
@@ -185,8 +193,10 @@ def test_flops_of_a_tiny_routed_vit_equal_a_hand_count():
 def test_eval_predictions_do_not_depend_on_the_batch(variant):
     model = _randomised(RoutingViT(variant=variant, img_size=32, regions=2, topk=2))
     alone, batch, permuted = predictions_alone_batched_and_permuted(model, torch.randn(6, 3, 32, 32))
-    torch.testing.assert_close(alone, batch, rtol=0, atol=1e-5)
-    torch.testing.assert_close(permuted, batch, rtol=0, atol=1e-5)
+    # fp32 rounding of other kernels for other batch sizes, relative to these large random logits.
+    tolerance = 1e-5 * float(batch.abs().max())
+    torch.testing.assert_close(alone, batch, rtol=0, atol=tolerance)
+    torch.testing.assert_close(permuted, batch, rtol=0, atol=tolerance)
 
 
 def test_regions_that_do_not_tile_the_grid_and_wrong_sizes_are_clear_errors():
@@ -200,7 +210,9 @@ def test_regions_that_do_not_tile_the_grid_and_wrong_sizes_are_clear_errors():
         RoutingViT(variant="routed_vit_tiny", topk=17)
     with pytest.raises(ConfigurationError, match="expected one of"):
         RoutingViT(variant="biformer_huge")
-    with pytest.raises(ConfigurationError, match=r"set model\.init_args\.img_size to data\.init_args\.img_size"):
+    with pytest.raises(
+        ConfigurationError, match=r"set model\.init_args\.img_size to data\.init_args\.img_size"
+    ):
         RoutingViT(variant="routed_vit_tiny")(torch.zeros(1, 3, 32, 32))
 
 
