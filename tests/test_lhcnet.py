@@ -304,7 +304,11 @@ def test_synthetic_config_trains_and_tests_with_tta(tmp_path):
         "--trainer.limit_test_batches=1",
         config=EXPERIMENTS / "lhcnet_synthetic.yaml",
     )
-    tested = run_cli(["test", *args])
+    # A checkpoint of a run trained without TTA: the command line's tta=true must still apply (Lightning
+    # re-applies a checkpoint's saved hyperparameters over the command line).
+    checkpoint = tmp_path / "trained.ckpt"
+    cli.trainer.save_checkpoint(checkpoint)
+    tested = run_cli(["test", *args, f"--ckpt_path={checkpoint}"])
     metrics = finite_metrics(tested, "test/acc", "test/acc_tta")
     assert 0.0 <= metrics["test/acc_tta"] <= 1.0
     assert Path(tested.trainer.log_dir).is_dir()

@@ -295,7 +295,8 @@ class LHCNet(FERClassifier):
             start from: weights only, every tensor of the file must fit, and only LHC module tensors may
             be missing from it (inserted fresh). Not kept in the checkpoint's hyperparameters.
         tta: ``test`` also reports ``test/acc_tta``, the accuracy of the 62-view TTA (:func:`tta_views`);
-            ``predict`` returns TTA probabilities.
+            ``predict`` returns TTA probabilities. Not kept in the checkpoint's hyperparameters either,
+            so ``--model.init_args.tta true`` applies when testing a checkpoint trained without it.
         **kwargs: :class:`~fer_lightning.models.base.FERClassifier` arguments.
     """
 
@@ -322,9 +323,12 @@ class LHCNet(FERClassifier):
     ) -> None:
         super().__init__(**kwargs)
         self.trainable = trainable
-        # A weights-only starting point: this run's own checkpoints hold the weights, so a later
-        # --ckpt_path (which re-applies the saved hyperparameters) must not read that file again.
-        self.hparams.pop("init_from", None)
+        # Not saved with the checkpoint, because a later --ckpt_path re-applies the saved hyperparameters
+        # over the command line: init_from is a weights-only starting point this run's checkpoints
+        # already hold (its file must not be read again), and tta is chosen per evaluation
+        # (`test --ckpt_path … --model.init_args.tta true` must not be overridden by the fit's false).
+        for evaluation_choice in ("init_from", "tta"):
+            self.hparams.pop(evaluation_choice, None)
         if trainable not in ("all", "gates_only"):
             raise ConfigurationError(f"model trainable={trainable!r}: expected 'all' or 'gates_only'")
         if trainable == "gates_only" and (not lhc or controller is None):
