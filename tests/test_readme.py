@@ -18,6 +18,7 @@ MEASURED_CONFIGS = (
     "sweeps/btn_lambda.yaml",
     "experiments/resizer_synthetic.yaml",
     "experiments/biformer_synthetic.yaml",
+    "experiments/lhcnet_synthetic.yaml",
 )
 
 
