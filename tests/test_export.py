@@ -23,6 +23,21 @@ QUICKSTART_NETWORK = {
     "backbone": "resnet10t",
     "model_kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16, "zero_init_last": False},
 }
+LHCNET_NARROW = {
+    "backbone_kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16},
+    "input_size": 64,
+    "lhc_heads": [4, 4, 2, 2, 1],
+    "lhc_embed_dims": [32, 32, 16, 8, 4],
+    "head_dims": [256, 128],
+}
+RESIZER_TINY = {
+    "backbone": "vit_tiny_patch16_224",
+    "backbone_kwargs": {"img_size": 32, "patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2},
+    "img_size": 48,
+    "resizer_scale_factor": None,
+    "resizer_target_size": 32,
+    "resizer_channels": 8,
+}
 EXPORTED_MODELS = [
     ("fer_lightning.models.TimmClassifier", QUICKSTART_NETWORK, 32),
     # BTN's inference path is POSTER++'s body plus its P_VIT head: POSTER++ alone runs with the slow tests.
@@ -32,6 +47,9 @@ EXPORTED_MODELS = [
     pytest.param(
         "fer_lightning.models.RoutingViT", {"variant": "tiny", "img_size": 64}, 64, marks=pytest.mark.slow
     ),
+    pytest.param("fer_lightning.models.ARBEx", {"variant": "tiny"}, 64, marks=pytest.mark.slow),
+    pytest.param("fer_lightning.models.LHCNet", LHCNET_NARROW, 64, marks=pytest.mark.slow),
+    pytest.param("fer_lightning.models.ResizerTransformer", RESIZER_TINY, 48, marks=pytest.mark.slow),
 ]
 CLASS_NAMES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 
