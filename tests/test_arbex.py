@@ -16,6 +16,7 @@ from test_batch_independence import predictions_alone_batched_and_permuted
 
 from fer_lightning.cli import main
 from fer_lightning.data.synthetic import write_synthetic
+from fer_lightning.errors import ConfigurationError
 from fer_lightning.losses import AnchorCenterLoss, AnchorSeparationLoss, inverse_frequency_weights
 from fer_lightning.models.arbex import ARBEx, EmbeddingAnchors, normalized_confidence, reliability_balance
 
@@ -311,3 +312,8 @@ def test_similarity_softmax_runs_over_all_anchors():
     similarity = EmbeddingAnchors.similarity(distances, delta=1.0)
     weights = torch.tensor([1.0, 1.0, 1.0, math.exp(-8)])
     torch.testing.assert_close(similarity, torch.tensor([[2.0, 1.0 + math.exp(-8)]]) / weights.sum())
+
+
+def test_another_classification_loss_is_refused_not_ignored():
+    with pytest.raises(ConfigurationError, match="ARBEx trains with its own loss"):
+        ARBEx(variant="tiny", num_classes=7, loss="fpdls", loss_prior="uniform")

@@ -236,6 +236,13 @@ class ARBEx(FERClassifier):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if self.hparams.get("loss", "cross_entropy") != "cross_entropy":
+            # ARBEx trains on the NLL of its balanced distribution (eq. above); a second classification
+            # loss on the raw logits would not be ARBEx, and silently ignoring the option would mislead.
+            raise ConfigurationError(
+                f"model loss={self.hparams.loss!r}: ARBEx trains with its own loss (class-weighted NLL of "
+                "the balanced distribution + anchor and center terms); leave loss at cross_entropy"
+            )
         for name, value in (("temperature", temperature), ("delta", delta)):
             if value <= 0:
                 raise ConfigurationError(f"model {name}={value}: expected a positive number")

@@ -8,7 +8,6 @@ from collections.abc import Iterator, Sequence
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
@@ -152,11 +151,6 @@ class FERClassifier(L.LightningModule):
     def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The configured ``loss`` of ``logits`` against ``labels`` (batch mean, computed in fp32)."""
         return self.criterion(logits, labels)
-
-    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Plain cross-entropy (with ``label_smoothing``) whatever ``loss`` is configured."""
-        # In fp32: under bf16/fp16 autocast the log-sum-exp of the logits loses precision.
-        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits used for the training accuracy). A loss made of several terms names them with
