@@ -169,7 +169,7 @@ def plot_training_curves(
         ("train/loss_epoch", "train loss (epoch mean)", dict(lw=1.6, marker=".", color="tab:blue")),
         (
             "val/loss",
-            "val loss (cross-entropy of the predictions)",
+            "val loss (the configured loss of the predictions)",
             dict(lw=1.6, marker=".", color="tab:orange"),
         ),
     ):
