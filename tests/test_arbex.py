@@ -233,6 +233,12 @@ def test_trust_ramp_continues_after_a_resume(tiny_rafdb, tmp_path):
     [run] = glob.glob(str(tmp_path / "arbex_synthetic" / "version_*"))
     run = Path(run)
     straight = _trust_by_step(run)
+    with open(run / "metrics.csv") as handle:
+        logged = {key: float(value) for row in csv.DictReader(handle) for key, value in row.items() if value}
+    # each parameter group's learning rate is logged under its name (the config's 3e-4 body, 1e-3 rest)
+    assert logged["train/lr_body"] == pytest.approx(3e-4) and logged["train/lr_anchors"] == pytest.approx(
+        1e-3
+    )
     steps = len(straight)
     assert steps >= 6 and sorted(straight) == list(range(steps))
     assert all(value == pytest.approx(step / steps) for step, value in straight.items())

@@ -195,8 +195,12 @@ class FERClassifier(L.LightningModule):
         )
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         # The same on every rank and within an epoch (schedulers step per epoch): max is exact and quiet.
-        learning_rate = self.optimizers().param_groups[0]["lr"]
-        self.log("train/lr", learning_rate, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+        groups = self.optimizers().param_groups
+        self.log("train/lr", groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+        if len(groups) > 1:  # per-group rates (ARBEx's body/head/anchors/attention): train/lr is the first
+            for index, group in enumerate(groups):
+                name = f"train/lr_{group.get('name', index)}"
+                self.log(name, group["lr"], on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
         return loss
 
     def _sam_step(
