@@ -19,6 +19,7 @@ MEASURED_CONFIGS = (
     "experiments/resizer_synthetic.yaml",
     "experiments/biformer_synthetic.yaml",
     "experiments/lhcnet_synthetic.yaml",
+    "experiments/arbex_synthetic.yaml",
 )
 
 
