@@ -36,6 +36,7 @@ from fer_lightning.callbacks.inference_metadata import INFERENCE_FORMAT, INFEREN
 from fer_lightning.data.io import BadSampleError, read_rgb
 from fer_lightning.data.preprocessing import EvalPreprocessing, FaceTensors
 from fer_lightning.errors import ConfigurationError, WeightsError
+from fer_lightning.run_checkpoint import read_run_checkpoint
 
 #: Files taken from folders (recursively) and accepted as pictures, compared lower-case.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -69,23 +70,7 @@ def metadata_path_of(exported: str | os.PathLike) -> Path:
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """A Lightning checkpoint read with ``weights_only=True``; one line saying why not otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint {path} not found; pass a .ckpt written by fer-lightning fit")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsError(
-            f"checkpoint {path} cannot be read safely (torch.load weights_only=True refused it: "
-            f"{first_line[:160]}); fer-lightning only opens checkpoints that hold plain data, so a file "
-            "cannot run code when it is opened: pass a .ckpt written by fer-lightning fit"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise WeightsError(
-            f"{path} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by fer-lightning fit"
-        )
-    return checkpoint
+    return read_run_checkpoint(path)
 
 
 def checkpoint_metadata(

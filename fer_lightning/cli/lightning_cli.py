@@ -42,6 +42,7 @@ from fer_lightning.errors import ConfigurationError, WeightsError
 from fer_lightning.losses import prior_loss_needs_dataset_prior
 from fer_lightning.models import FERClassifier
 from fer_lightning.results import RESULTS_FILE, append_row, config_digest, relative_to_table, results_row
+from fer_lightning.run_checkpoint import read_run_checkpoint
 
 SELECTION_METRIC = "val/acc"
 #: What ``selection_metric`` can name: every model logs these on the validation split.
@@ -144,18 +145,12 @@ def _all_subclasses(cls: type) -> list[type]:
 def read_checkpoint_header(path: str) -> tuple[dict, int]:
     """The model's ``hyper_parameters`` and the ``global_step`` of a Lightning checkpoint; a one-line
     :class:`WeightsError` if unreadable. Memory-mapped: the weights themselves are not read."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:
-        raise WeightsError(
-            f"--ckpt_path {path}: not a Lightning checkpoint ({type(error).__name__}); pass a .ckpt "
-            "written by fer-lightning fit (in its run folder's checkpoints/)"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise WeightsError(
-            f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict); pass a .ckpt written by "
-            "fer-lightning fit, or give backbone weights to their model option (e.g. model.init_args.ir50_weights)"
-        )
+    checkpoint = read_run_checkpoint(
+        path,
+        label="--ckpt_path",
+        mmap=True,
+        hint=", or give backbone weights to their model option (e.g. model.init_args.ir50_weights)",
+    )
     return dict(checkpoint.get("hyper_parameters") or {}), int(checkpoint.get("global_step", 0))
 
 
@@ -277,11 +272,6 @@ class FERCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         self._checkpoint_hparams, self._checkpoint_step = {}, 0
         if ckpt_path and ckpt_path not in _CKPT_PATH_KEYWORDS and not str(ckpt_path).startswith("registry"):
-            if not Path(ckpt_path).is_file():
-                raise WeightsError(
-                    f"--ckpt_path {ckpt_path}: no such file; pass a .ckpt written by fer-lightning fit "
-                    "(e.g. runs/<name>/version_N/checkpoints/best-*.ckpt)"
-                )
             self._checkpoint_hparams, self._checkpoint_step = read_checkpoint_header(ckpt_path)
             saved_class = self._checkpoint_hparams.get("_class_path")
             configured = self.config[subcommand].get("model", {}).get("class_path")
