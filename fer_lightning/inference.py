@@ -68,11 +68,6 @@ def metadata_path_of(exported: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """A Lightning checkpoint read with ``weights_only=True``; one line saying why not otherwise."""
-    return read_run_checkpoint(path)
-
-
 def checkpoint_metadata(
     checkpoint: dict, path: str | os.PathLike, preprocessing: EvalPreprocessing | None
 ) -> dict:
@@ -381,7 +376,7 @@ class Predictor:
         ``preprocessing`` replaces the saved one (an :class:`EvalPreprocessing`, its dict, or a JSON
         file); older checkpoints without predict metadata need it.
         """
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_run_checkpoint(path)
         metadata = checkpoint_metadata(checkpoint, path, _as_preprocessing(preprocessing))
         model = build_model(metadata, checkpoint["state_dict"], str(path))
         predictor = cls(
