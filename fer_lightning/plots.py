@@ -105,6 +105,24 @@ def plot_per_class_accuracy(
     return accuracies
 
 
+def majority_baseline(train_labels: Sequence[int], val_labels: Sequence[int]) -> float | None:
+    """Validation accuracy of always predicting the most frequent training class (None without labels)."""
+    train, val = np.asarray(train_labels, dtype=np.int64), np.asarray(val_labels, dtype=np.int64)
+    if train.size == 0 or val.size == 0:
+        return None
+    return float(np.mean(val == np.bincount(train).argmax()))
+
+
+def majority_baseline_from_splits(path: str | os.PathLike) -> float | None:
+    """:func:`majority_baseline` from a run folder's ``data_splits.csv`` (split, sample, label, …)."""
+    labels: dict[str, list[int]] = {"train": [], "val": []}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["split"] in labels:
+                labels[row["split"]].append(int(row["label"]))
+    return majority_baseline(labels["train"], labels["val"])
+
+
 def read_metrics_csv(path: str | os.PathLike) -> dict[str, list[tuple[int, int, float]]]:
     """A Lightning ``CSVLogger`` ``metrics.csv`` → {column: [(epoch, step, value), ...]} (empty cells skipped).
 
@@ -214,7 +232,10 @@ def plot_training_curves(
         figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    return {"best_epoch": float(epochs[best] - 1), "best_val_acc": float(values[best]), "chance": chance}
+    summary = {"best_epoch": float(epochs[best] - 1), "best_val_acc": float(values[best]), "chance": chance}
+    if majority_fraction is not None:
+        summary["majority"] = majority_fraction
+    return summary
 
 
 def _by_epoch(points: list[tuple[int, int, float]]) -> tuple[list[int], list[float]]:

@@ -35,7 +35,7 @@ def test_read_metrics_keeps_each_column_sparse(tmp_path):
 def test_plot_marks_the_best_validation_epoch_and_chance(tmp_path):
     out = tmp_path / "curves.png"
     summary = plot_training_curves(_write_metrics(tmp_path / "metrics.csv"), out, majority_fraction=0.4)
-    assert summary == {"best_epoch": 1.0, "best_val_acc": 0.55, "chance": 0.25}
+    assert summary == {"best_epoch": 1.0, "best_val_acc": 0.55, "chance": 0.25, "majority": 0.4}
     assert out.stat().st_size > 1000
 
 
@@ -53,6 +53,21 @@ def test_plot_curves_command(tmp_path, capsys):
     assert "best val acc 0.5500 at epoch=1" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["plot-curves", str(tmp_path / "missing")])
+
+
+def test_plot_curves_command_reads_the_majority_baseline_from_the_run_folder(tmp_path, capsys):
+    _write_metrics(tmp_path / "metrics.csv")
+    # Training's largest class is 1; it is 2 of the 5 validation samples. Test rows must not count.
+    rows = [("train", 0), ("train", 1), ("train", 1), ("val", 0), ("val", 1), ("val", 1), ("val", 2)]
+    rows += [("val", 0), ("test", 1), ("test", 1)]
+    with open(tmp_path / "data_splits.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["split", "sample", "label", "class_name"])
+        writer.writerows([split, f"img{i}.png", label, f"c{label}"] for i, (split, label) in enumerate(rows))
+    main(["plot-curves", str(tmp_path)])
+    assert "majority class 0.4000" in capsys.readouterr().out
+    main(["plot-curves", str(tmp_path), "--majority", "0.25"])  # an explicit value wins
+    assert "majority class 0.2500" in capsys.readouterr().out
 
 
 def test_per_class_accuracy_chart(tmp_path):

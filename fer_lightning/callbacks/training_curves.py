@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 
 from fer_lightning.callbacks.wandb_media import log_figures
-from fer_lightning.plots import plot_training_curves
+from fer_lightning.plots import majority_baseline, plot_training_curves
 
 
 class TrainingCurvesPlot(Callback):
@@ -62,8 +61,4 @@ def majority_class_fraction(trainer: Trainer) -> float | None:
     tables = getattr(trainer.datamodule, "tables", None) if trainer.datamodule is not None else None
     if not tables or "train" not in tables or "val" not in tables:
         return None
-    train_labels, val_labels = np.asarray(tables["train"].labels), np.asarray(tables["val"].labels)
-    if train_labels.size == 0 or val_labels.size == 0:
-        return None
-    majority = np.bincount(train_labels).argmax()
-    return float(np.mean(val_labels == majority))
+    return majority_baseline(tables["train"].labels, tables["val"].labels)

@@ -210,7 +210,7 @@ def complexity(argv: list[str]) -> None:
 
 def plot_curves(argv: list[str]) -> None:
     """``fer-lightning plot-curves``: draw a run's loss and accuracy curves from its metrics.csv."""
-    from fer_lightning.plots import plot_training_curves
+    from fer_lightning.plots import majority_baseline_from_splits, plot_training_curves
 
     parser = OneLineErrorParser(
         prog="fer-lightning plot-curves",
@@ -220,12 +220,22 @@ def plot_curves(argv: list[str]) -> None:
     parser.add_argument("--out", help="PNG to write (default: training_curves.png in the run folder)")
     parser.add_argument("--title", default="", help="figure title")
     parser.add_argument(
-        "--majority", type=float, help="draw the majority-class rate of the validation split (a fraction)"
+        "--majority",
+        type=float,
+        help="draw the majority-class rate of the validation split (a fraction); default: computed from "
+        "the run folder's data_splits.csv when it is there",
     )
     args = parser.parse_args(argv)
     metrics = args.run if args.run.endswith(".csv") else os.path.join(args.run, "metrics.csv")
     if not os.path.isfile(metrics):
         parser.error(f"{metrics} not found (a run folder written by the CSV logger holds metrics.csv)")
     out = args.out or os.path.join(os.path.dirname(metrics), "training_curves.png")
-    summary = plot_training_curves(metrics, out, title=args.title, majority_fraction=args.majority)
-    print(f"wrote {out} (best val acc {summary['best_val_acc']:.4f} at epoch={int(summary['best_epoch'])})")
+    majority = args.majority
+    splits = os.path.join(os.path.dirname(metrics), "data_splits.csv")
+    if majority is None and os.path.isfile(splits):
+        majority = majority_baseline_from_splits(splits)
+    summary = plot_training_curves(metrics, out, title=args.title, majority_fraction=majority)
+    baseline = f"; majority class {summary['majority']:.4f}" if "majority" in summary else ""
+    print(
+        f"wrote {out} (best val acc {summary['best_val_acc']:.4f} at epoch={int(summary['best_epoch'])}{baseline})"
+    )
