@@ -113,14 +113,15 @@ def majority_baseline(train_labels: Sequence[int], val_labels: Sequence[int]) ->
     return float(np.mean(val == np.bincount(train).argmax()))
 
 
-def majority_baseline_from_splits(path: str | os.PathLike) -> float | None:
-    """:func:`majority_baseline` from a run folder's ``data_splits.csv`` (split, sample, label, …)."""
-    labels: dict[str, list[int]] = {"train": [], "val": []}
+def majority_baseline_from_splits(path: str | os.PathLike, split: str = "val") -> float | None:
+    """:func:`majority_baseline` on ``split`` from a run folder's ``data_splits.csv`` (split, sample,
+    label, …)."""
+    labels: dict[str, list[int]] = {"train": [], split: []}
     with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             if row["split"] in labels:
                 labels[row["split"]].append(int(row["label"]))
-    return majority_baseline(labels["train"], labels["val"])
+    return majority_baseline(labels["train"], labels[split])
 
 
 def read_metrics_csv(path: str | os.PathLike) -> dict[str, list[tuple[int, int, float]]]:

@@ -37,7 +37,7 @@ class Series:
     variant: str
     dataset: str
     fixed: dict[str, float]
-    rows: list[dict]  # per value: value, runs, <metric>_mean, <metric>_std, paper
+    rows: list[dict]  # per value: value, runs, run_folders, <metric>_mean, <metric>_std, paper
 
     @property
     def label(self) -> str:
@@ -69,7 +69,7 @@ def study(frame, setting: str) -> list[Series]:
         identity = dict(zip(keys, key))
         values = []
         for value, runs in group.groupby(setting, sort=True):
-            row = {"value": value, "runs": len(runs)}
+            row = {"value": value, "runs": len(runs), "run_folders": list(runs["run_folder"])}
             for metric in METRICS:
                 numbers = runs[metric].dropna()
                 row[f"{metric}_mean"] = float(numbers.mean()) if len(numbers) else math.nan
@@ -105,9 +105,29 @@ def study_markdown(series: list[Series], setting: str) -> str:
     return "\n".join(lines)
 
 
-def plot_study(series: list[Series], setting: str, path: str | Path, metric: str = "acc") -> None:
-    """Test accuracy (%) against the setting, one line per series (error bars: std over seeds), and the
-    BTN paper's numbers dashed where it published them."""
+def test_majority_baseline(run_folders) -> float | None:
+    """Test accuracy of always predicting the largest training class, when every run folder has a
+    ``data_splits.csv`` and they all give the same value (the same data), else None."""
+    from fer_lightning.plots import majority_baseline_from_splits
+
+    values = set()
+    for folder in run_folders:
+        splits = Path(folder) / "data_splits.csv"
+        if not splits.is_file():
+            return None
+        value = majority_baseline_from_splits(splits, split="test")
+        if value is None:
+            return None
+        values.add(round(value, 9))
+    return values.pop() if len(values) == 1 else None
+
+
+def plot_study(
+    series: list[Series], setting: str, path: str | Path, metric: str = "acc", majority: float | None = None
+) -> None:
+    """Test accuracy (%) against the setting, one line per series (error bars: std over seeds), the
+    BTN paper's numbers dashed where it published them, and ``majority`` (the test accuracy of always
+    predicting the largest training class, a fraction) as a horizontal line when given."""
     from matplotlib.figure import Figure
 
     label = STUDIES[setting][0]
@@ -128,6 +148,10 @@ def plot_study(series: list[Series], setting: str, path: str | Path, metric: str
                 alpha=0.7,
                 label=f"BTN paper, {one.dataset}",
             )
+    if majority is not None and metric == "acc":
+        axes.axhline(
+            100 * majority, color="black", ls="-.", lw=0.8, label="always the largest training class"
+        )
     if setting == "batch_size":
         axes.set_xscale("log", base=2)
         ticks = sorted({row["value"] for one in series for row in one.rows})
@@ -189,16 +213,18 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
         series = study(frame, setting)
         if not series:
             continue
-        plot_study(series, setting, out / f"{stem}.png")
+        folders = [run for one in series for row in one.rows for run in row["run_folders"]]
+        majority = test_majority_baseline(folders)
+        plot_study(series, setting, out / f"{stem}.png", majority=majority)
         written.append(label)
-        sections += [
-            "",
-            f"## Accuracy vs {label}",
-            "",
-            study_markdown(series, setting),
-            "",
-            f"![]({stem}.png)",
-        ]
+        sections += ["", f"## Accuracy vs {label}", "", study_markdown(series, setting), ""]
+        if majority is not None:
+            sections += [
+                f"Always predicting the largest training class gives {100 * majority:.2f} % test accuracy "
+                "on these runs' data (their data_splits.csv).",
+                "",
+            ]
+        sections.append(f"![]({stem}.png)")
     if not written:
         sections += ["", "No study: no runs differ in λ, batch size or noise rate with the rest fixed."]
     sections += ["", "## All runs", "", runs_markdown(frame), ""]

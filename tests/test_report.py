@@ -101,3 +101,28 @@ def test_the_studied_settings_are_read_from_the_config_and_blank_where_there_is_
     }
     assert study_settings(plain) == {"lambda_vit": "", "batch_size": 8, "seed": 0, "label_noise_rate": 0.0}
     assert study_settings({"data": {"init_args": {}}})["label_noise_rate"] == ""
+
+
+def _write_splits(folder, test_labels):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [("train", 0), ("train", 1), ("train", 1)] + [("test", label) for label in test_labels]
+    with open(folder / "data_splits.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["split", "sample", "label", "class_name"])
+        writer.writerows([split, f"img{i}.png", label, f"c{label}"] for i, (split, label) in enumerate(rows))
+
+
+def test_report_states_the_majority_baseline_when_the_runs_share_their_data(tmp_path):
+    results = tmp_path / "results.csv"
+    results.write_text(TABLE)
+    # The largest training class (1) is 1 of the 4 test images of both noise runs.
+    for run in ("run-001", "run-002"):
+        _write_splits(tmp_path / "noise" / run, [0, 1, 2, 2])
+    main(["report", str(results), "--out", str(tmp_path / "out")])
+    assert (
+        "largest training class gives 25.00 % test accuracy" in (tmp_path / "out" / "report.md").read_text()
+    )
+    # Runs on different data have no single baseline: none is stated.
+    _write_splits(tmp_path / "noise" / "run-002", [1, 1, 2, 2])
+    main(["report", str(results), "--out", str(tmp_path / "out")])
+    assert "largest training class" not in (tmp_path / "out" / "report.md").read_text()
