@@ -83,6 +83,15 @@ def test_misspelled_key_on_the_command_line_says_did_you_mean(capsys):
     )
 
 
+def test_a_misspelled_option_of_a_nested_class_is_named_by_its_whole_path(capsys):
+    config = str(EXPERIMENTS / "label_noise_synthetic.yaml")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", config, "--data.label_noise.rat=0.1"])
+    error, hint = capsys.readouterr().err.strip().splitlines()[-2:]
+    assert error == "error: data.label_noise.rat: LabelNoise has no option 'rat'; did you mean rate?"
+    assert hint == "see: fer-lightning fit --help"  # LabelNoise has no --data.help page
+
+
 def test_a_class_option_error_points_at_that_class_help(capsys):
     # fit --help does not list a subclass's own options; the hint names the help that does.
     with pytest.raises(SystemExit):

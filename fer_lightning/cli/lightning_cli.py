@@ -133,9 +133,16 @@ _CLASS_OPTION_ERROR = re.compile(r"^(data|model)\.[\w.]*: (\w+) has no option ")
 
 def help_option_for(error_line: str) -> str:
     """Where the options of an error's subject are listed: ``--data.help RAFDBDataModule`` for an option of
-    the datamodule or model class (``fit --help`` does not list those in subclass mode), else ``--help``."""
+    the datamodule or model class (``fit --help`` does not list those in subclass mode), else ``--help``
+    (also for a class nested in their options, such as data.label_noise's LabelNoise: its error line
+    names the valid options already)."""
     match = _CLASS_OPTION_ERROR.match(error_line)
-    return f"--{match.group(1)}.help {match.group(2)}" if match else "--help"
+    if match is None:
+        return "--help"
+    group, owner = match.groups()
+    if owner not in {cls.__name__ for cls in _all_subclasses(_SUBCLASS_BASES[group])}:
+        return "--help"
+    return f"--{group}.help {owner}"
 
 
 def _all_subclasses(cls: type) -> list[type]:
