@@ -20,6 +20,8 @@ MEASURED_CONFIGS = (
     "experiments/biformer_synthetic.yaml",
     "experiments/lhcnet_synthetic.yaml",
     "experiments/arbex_synthetic.yaml",
+    "experiments/label_noise_synthetic.yaml",
+    "sweeps/label_noise.yaml",
 )
 
 
