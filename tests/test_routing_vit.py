@@ -199,6 +199,23 @@ def test_eval_predictions_do_not_depend_on_the_batch(variant):
     torch.testing.assert_close(permuted, batch, rtol=0, atol=tolerance)
 
 
+def test_a_convolutional_patch_stem_makes_the_same_token_grid_from_stride_two_convolutions():
+    model = RoutingViT(variant="routed_vit_tiny", patch_stem="conv", img_size=64).eval()
+    stem, proj = model.network.patch_embed.stem, model.network.patch_embed.proj
+    strides = [layer.stride for layer in stem if isinstance(layer, torch.nn.Conv2d)]
+    assert strides == [(2, 2)] * 3 and proj.kernel_size == (1, 1)  # 8-px patches: three halvings, then 1×1
+    with torch.no_grad():
+        assert proj(stem(torch.zeros(2, 3, 64, 64))).shape == (2, 192, 8, 8)  # the linear stem's grid
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+    linear = RoutingViT(variant="routed_vit_tiny", img_size=64)
+    assert isinstance(linear.network.patch_embed.stem, torch.nn.Identity)
+    assert linear.network.patch_embed.proj.kernel_size == (8, 8)
+    with pytest.raises(ConfigurationError, match="has BiFormer's own convolutional stem"):
+        RoutingViT(variant="tiny", patch_stem="conv")
+    with pytest.raises(ConfigurationError, match="cannot load weights"):
+        RoutingViT(variant="routed_vit_tiny", patch_stem="conv", weights="vit.pth")
+
+
 def test_regions_that_do_not_tile_the_grid_and_wrong_sizes_are_clear_errors():
     with pytest.raises(
         ConfigurationError, match=r"regions=7 must divide the 16×16 token grid of the ViT at img_size 256"

@@ -20,6 +20,7 @@ detached region means and shared by all heads), plus a 5×5 depthwise "LePE" con
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 AttentionBackend = Literal["auto", "fast", "triton", "reference"]
 ScaleMode = Literal["full_dim", "head_dim"]
+PatchStem = Literal["linear", "conv"]
 
 #: ``topk`` of a stage that uses plain dense attention with LePE (BiFormer's last stage, official ``-2``).
 DENSE_STAGE = -2
@@ -280,12 +282,26 @@ class RoutedViTNetwork(nn.Module):
         img_size: int,
         drop_path_rate: float,
         backend: AttentionBackend,
+        patch_stem: PatchStem = "linear",
     ) -> None:
         super().__init__()
         dim, depth = variant.dims[0], variant.depths[0]
         self.grid = img_size // variant.patch_size
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, dim, variant.patch_size, stride=variant.patch_size)
+        if patch_stem == "conv":
+            # Xiao et al. 2021, "Early convolutions help transformers see better": 3×3 stride-2 convs
+            # (BatchNorm, ReLU), channels doubling up to dim/2, then a 1×1 conv to dim.
+            steps = int(math.log2(variant.patch_size))
+            widths = [3] + [max(dim // 2 ** (steps - i), 8) for i in range(1, steps + 1)]
+            layers: list[nn.Module] = []
+            for c_in, c_out in itertools.pairwise(widths):
+                layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out)]
+                layers.append(nn.ReLU(inplace=True))
+            self.patch_embed.stem = nn.Sequential(*layers)
+            self.patch_embed.proj = nn.Conv2d(widths[-1], dim, 1)
+        else:
+            self.patch_embed.stem = nn.Identity()
+            self.patch_embed.proj = nn.Conv2d(3, dim, variant.patch_size, stride=variant.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.Sequential(
@@ -307,7 +323,9 @@ class RoutedViTNetwork(nn.Module):
         self.apply(_init_linear)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.patch_embed.proj(images).flatten(2).transpose(1, 2) + self.pos_embed
+        tokens = (
+            self.patch_embed.proj(self.patch_embed.stem(images)).flatten(2).transpose(1, 2) + self.pos_embed
+        )
         x = self.blocks(tokens.unflatten(1, (self.grid, self.grid)))  # (B, grid, grid, C)
         return self.head(self.norm(x).mean(dim=(1, 2)))
 
@@ -431,6 +449,9 @@ class RoutingViT(FERClassifier):
         drop_path_rate: stochastic depth of the last block (linear from 0 over the blocks).
         attention_backend: ``auto`` | ``fast`` | ``triton`` | ``reference`` (BiFormer's gather), passed
             to :func:`~fer_lightning.ops.routing_attention`.
+        patch_stem: routed ViTs only: ``linear`` (ViT's one patch-sized convolution, what timm ViT
+            weights fit) or ``conv`` (ours: 3×3 stride-2 convolutions with BatchNorm and ReLU, then a
+            1×1 convolution to the width; for training from random weights on little data).
         **kwargs: :class:`~fer_lightning.models.base.FERClassifier` arguments.
     """
 
@@ -443,10 +464,23 @@ class RoutingViT(FERClassifier):
         topk: int | list[int] | None = None,
         drop_path_rate: float = 0.0,
         attention_backend: AttentionBackend = "auto",
+        patch_stem: PatchStem = "linear",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         spec = self._resolve_variant(variant, img_size, regions, topk)
+        if patch_stem not in ("linear", "conv"):
+            raise ConfigurationError(f"model patch_stem={patch_stem!r}: expected 'linear' or 'conv'")
+        if patch_stem == "conv":
+            if spec.kind != "isotropic" or spec.patch_size & (spec.patch_size - 1):
+                raise ConfigurationError(
+                    f"model patch_stem=conv is for routed ViTs with a power-of-two patch size; {variant} "
+                    + ("has BiFormer's own convolutional stem" if spec.kind != "isotropic" else "does not")
+                )
+            if weights is not None:
+                raise ConfigurationError(
+                    "model patch_stem=conv cannot load weights: timm ViT files hold a linear patch embedding"
+                )
         self.variant = variant
         self.img_size = spec.img_size
         if spec.kind == "hierarchical":
@@ -455,7 +489,7 @@ class RoutingViT(FERClassifier):
             )
         else:
             self.network = RoutedViTNetwork(
-                spec, self.num_classes, spec.img_size, drop_path_rate, attention_backend
+                spec, self.num_classes, spec.img_size, drop_path_rate, attention_backend, patch_stem
             )
         if weights is not None:
             report, notes = load_routing_weights(self.network, weights, variant)
