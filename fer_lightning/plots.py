@@ -105,12 +105,13 @@ def plot_per_class_accuracy(
     return accuracies
 
 
-def majority_baseline(train_labels: Sequence[int], val_labels: Sequence[int]) -> float | None:
-    """Validation accuracy of always predicting the most frequent training class (None without labels)."""
-    train, val = np.asarray(train_labels, dtype=np.int64), np.asarray(val_labels, dtype=np.int64)
-    if train.size == 0 or val.size == 0:
+def majority_baseline(train_labels: Sequence[int], eval_labels: Sequence[int]) -> float | None:
+    """Accuracy on ``eval_labels`` (a validation or test split) of always predicting the most frequent
+    training class (None without labels)."""
+    train, evaluated = np.asarray(train_labels, dtype=np.int64), np.asarray(eval_labels, dtype=np.int64)
+    if train.size == 0 or evaluated.size == 0:
         return None
-    return float(np.mean(val == np.bincount(train).argmax()))
+    return float(np.mean(evaluated == np.bincount(train).argmax()))
 
 
 def majority_baseline_from_splits(path: str | os.PathLike, split: str = "val") -> float | None:

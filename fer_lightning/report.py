@@ -105,7 +105,7 @@ def study_markdown(series: list[Series], setting: str) -> str:
     return "\n".join(lines)
 
 
-def test_majority_baseline(run_folders) -> float | None:
+def majority_baseline_on_test(run_folders) -> float | None:
     """Test accuracy of always predicting the largest training class, when every run folder has a
     ``data_splits.csv`` and they all give the same value (the same data), else None."""
     from fer_lightning.plots import majority_baseline_from_splits
@@ -214,7 +214,7 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
         if not series:
             continue
         folders = [run for one in series for row in one.rows for run in row["run_folders"]]
-        majority = test_majority_baseline(folders)
+        majority = majority_baseline_on_test(folders)
         plot_study(series, setting, out / f"{stem}.png", majority=majority)
         written.append(label)
         sections += ["", f"## Accuracy vs {label}", "", study_markdown(series, setting), ""]
