@@ -112,6 +112,13 @@ def common_arguments(
     )
     parser.add_argument("--quick", action="store_true", help="one timed run per case and no torch.compile")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every (case, backend) in this many interleaved rounds, each in a fresh process, and "
+        "report the median of the rounds (a shared machine's speed drifts between processes)",
+    )
     parser.add_argument("--max-seconds", type=float, default=20.0, help="stop timing a case after this long")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
@@ -169,24 +176,45 @@ def print_table(rows: list[dict], reference_backend: str = "reference") -> None:
 
 
 def run_benchmark(
-    script: str, args: argparse.Namespace, skip_reason: Callable[[str, str], str | None]
+    script: str,
+    args: argparse.Namespace,
+    skip_reason: Callable[[str, str], str | None],
+    reference_backend: str = "reference",
 ) -> list[dict]:
-    """Measure every selected (case, backend) pair, each in a fresh process; print and return the rows."""
+    """Measure every selected (case, backend) pair, each in a fresh process; print and return the rows.
+
+    Times are taken in ``args.rounds`` rounds that each visit every pair once, so that a slow spell of a
+    shared machine falls on all backends alike; a pair's time is the median of its rounds' medians, and
+    ``round_ms`` lists them. Peak memory is measured once per pair (it does not drift).
+    """
     backends = [b for b in args.backends.split(",") if not (args.quick and b == "compiled")]
+    pairs = [(case, backend) for case in args.cases.split(",") for backend in backends]
+    results: dict[tuple[str, str], dict] = {}
+    round_ms: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
+    for round_index in range(max(1, args.rounds)):
+        for case, backend in pairs:
+            if round_index == 0 and (reason := skip_reason(case, backend)):
+                results[case, backend] = {"skipped": reason}
+            if "skipped" in results.get((case, backend), {}) or "error" in results.get((case, backend), {}):
+                continue
+            result = run_in_fresh_process(script, case, backend, "time", args)
+            if "error" in result:
+                results[case, backend] = result
+                continue
+            round_ms[case, backend].append(result["ms"])
+            results[case, backend] = result | {"ms": statistics.median(round_ms[case, backend])}
+            print(f"  round {round_index + 1}: {case} {backend}: {result}", file=sys.stderr, flush=True)
     rows = []
-    for case in args.cases.split(","):
-        for backend in backends:
-            reason = skip_reason(case, backend)
-            if reason:
-                result = {"skipped": reason}
-            else:
-                result = run_in_fresh_process(script, case, backend, "time", args)
-                if "error" not in result:
-                    result |= run_in_fresh_process(script, case, backend, "memory", args)
-            rows.append({"case": case, "backend": backend, **result})
-            print(f"  measured {case} {backend}: {result}", file=sys.stderr, flush=True)
+    for case, backend in pairs:
+        result = results[case, backend]
+        if "ms" in result:
+            result |= run_in_fresh_process(script, case, backend, "memory", args)
+            if args.rounds > 1:
+                result["round_ms"] = [round(ms, 1) for ms in round_ms[case, backend]]
+        rows.append({"case": case, "backend": backend, **result})
+        print(f"  measured {case} {backend}: {result}", file=sys.stderr, flush=True)
     print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print_table(rows)
+    print_table(rows, reference_backend)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows

@@ -16,7 +16,7 @@ steps. Every variant runs the same network with the same weights; only the route
 
 Each (variant, time | memory) runs in a fresh process (``_bench_utils``); ratios are against ``gather``.
 
-    python benchmarks/bench_biformer.py                 # several minutes on 2 cores
+    python benchmarks/bench_biformer.py --rounds 5      # about 8 minutes on 2 cores
     python benchmarks/bench_biformer.py --check         # ours and gather agree (logits and gradients)
 """
 
@@ -135,13 +135,16 @@ def main() -> None:
         case, variant, what = args.worker
         print(json.dumps(worker(case, variant, what, device, args.repeats, args.max_seconds)))
     else:
-        rows = run_benchmark(__file__, args, lambda case, variant: None)
-        by_variant = {row["backend"]: row for row in rows if "ms" in row}
+        rows = run_benchmark(__file__, args, lambda case, variant: None, reference_backend="gather")
+        by_variant = {row["backend"]: row for row in rows if "ms" in row and "peak_mb" in row}
         if "gather" in by_variant:
             gather = by_variant["gather"]
             for variant, row in by_variant.items():
+                # Round i of every variant ran back to back, so their ratio shows the spread of the machine.
+                per_round = [g / v for g, v in zip(gather.get("round_ms", []), row.get("round_ms", []))]
+                spread = f" (rounds: {min(per_round):.2f}-{max(per_round):.2f}x)" if per_round else ""
                 print(
-                    f"{variant}: {gather['ms'] / row['ms']:.2f}x faster, "
+                    f"{variant}: {gather['ms'] / row['ms']:.2f}x faster{spread}, "
                     f"{gather['peak_mb'] / row['peak_mb']:.2f}x less peak memory than gather"
                 )
 

@@ -159,7 +159,9 @@ class RoutedAttention(nn.Module):
             out = routing_attention(q, k, v, self.regions, self.topk, scale=self.scale, backend=self.backend)
         out = out.permute(0, 2, 3, 1, 4).reshape(batch, height, width, dim)
         if self.lepe is not None:
-            values = v.permute(0, 1, 4, 2, 3).reshape(batch, dim, height, width)
+            # V as a channels-last map: the depthwise conv runs 1.5-4x faster so on CPU (fwd + bwd), and
+            # its output permuted back to (B, H, W, C) is contiguous, so adding it copies nothing.
+            values = v.permute(0, 1, 4, 2, 3).flatten(1, 2).contiguous(memory_format=torch.channels_last)
             out = out + self.lepe(values).permute(0, 2, 3, 1)
         return self.proj(out)
 
@@ -266,7 +268,9 @@ class BiFormerNetwork(nn.Module):
         self.apply(_init_linear)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images
+        # Channels-last maps throughout: each block's (B, C, H, W) ↔ (B, H, W, C) permutes are then free
+        # views rather than copies, and depthwise convolutions run 1.5-4x faster so on CPU (fwd + bwd).
+        x = images.contiguous(memory_format=torch.channels_last)
         for downsample, stage in zip(self.downsample_layers, self.stages):
             x = stage(downsample(x))
         return self.head(self.norm(x).mean(dim=(2, 3)))
@@ -323,9 +327,11 @@ class RoutedViTNetwork(nn.Module):
         self.apply(_init_linear)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = (
-            self.patch_embed.proj(self.patch_embed.stem(images)).flatten(2).transpose(1, 2) + self.pos_embed
+        # Channels-last, so that the (B, C, H, W) → (B, H·W, C) token view after the stem is free.
+        patches = self.patch_embed.proj(
+            self.patch_embed.stem(images.contiguous(memory_format=torch.channels_last))
         )
+        tokens = patches.flatten(2).transpose(1, 2) + self.pos_embed
         x = self.blocks(tokens.unflatten(1, (self.grid, self.grid)))  # (B, grid, grid, C)
         return self.head(self.norm(x).mean(dim=(1, 2)))
 
