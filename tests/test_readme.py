@@ -18,6 +18,8 @@ MEASURED_CONFIGS = (
     "sweeps/btn_lambda.yaml",
     "experiments/resizer_synthetic.yaml",
     "experiments/biformer_synthetic.yaml",
+    "experiments/routed_vit_synthetic.yaml",
+    "experiments/vit_synthetic.yaml",
     "experiments/lhcnet_synthetic.yaml",
     "experiments/arbex_synthetic.yaml",
     "experiments/label_noise_synthetic.yaml",

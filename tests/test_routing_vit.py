@@ -158,7 +158,9 @@ def test_a_truncated_or_foreign_checkpoint_is_refused_with_counts(official_tiny_
 def test_a_timm_vit_state_dict_starts_the_routed_vit_with_zero_lepe():
     import timm
 
-    dense = timm.create_model("vit_tiny_patch16_224", num_classes=7, img_size=64, patch_size=8, depth=4)
+    dense = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=7, img_size=64, patch_size=8, depth=4, embed_dim=96, num_heads=3
+    )
     model = RoutingViT(variant="routed_vit_tiny", weights=dense.state_dict(), num_classes=7)
     block = model.network.blocks[0]
     torch.testing.assert_close(block.attn.qkv.weight, dense.blocks[0].attn.qkv.weight)
@@ -205,7 +207,7 @@ def test_a_convolutional_patch_stem_makes_the_same_token_grid_from_stride_two_co
     strides = [layer.stride for layer in stem if isinstance(layer, torch.nn.Conv2d)]
     assert strides == [(2, 2)] * 3 and proj.kernel_size == (1, 1)  # 8-px patches: three halvings, then 1×1
     with torch.no_grad():
-        assert proj(stem(torch.zeros(2, 3, 64, 64))).shape == (2, 192, 8, 8)  # the linear stem's grid
+        assert proj(stem(torch.zeros(2, 3, 64, 64))).shape == (2, 96, 8, 8)  # the linear stem's grid
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
     linear = RoutingViT(variant="routed_vit_tiny", img_size=64)
     assert isinstance(linear.network.patch_embed.stem, torch.nn.Identity)
@@ -259,7 +261,7 @@ CONFIG_OVERRIDES = {
         "--model.init_args.regions=2",
         "--model.init_args.topk=2",
     ],
-    "vit_synthetic.yaml": ["--model.init_args.model_kwargs={img_size: 32, patch_size: 8, depth: 4}"],
+    "vit_synthetic.yaml": ["--model.init_args.img_size=32"],
     "biformer_aihub.yaml": [
         "--model.init_args.img_size=32",
         "--model.init_args.regions=2",
