@@ -29,6 +29,7 @@ CASES = {
     "value-dim-differs": (1, 2, 4, 4, 5, 7, 2, 2),
     "topk-1": (1, 2, 6, 6, 4, 4, 3, 1),
     "topk-all": (1, 1, 4, 4, 4, 4, 2, 4),
+    "batch-and-heads": (2, 3, 4, 4, 4, 4, 2, 2),  # images and heads must not be mixed up
     "window-wider-than-a-block": (1, 1, 18, 9, 3, 3, 1, 1),  # 162 tokens: several 64-row blocks
 }
 
