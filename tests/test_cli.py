@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from cli_helpers import QUICKSTART, finite_metrics, quickstart_args, run_cli, write_tiny_rafdb
+from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from fer_lightning.cli import main
 from fer_lightning.data.formats import RAFDB_CLASS_NAMES
@@ -48,6 +49,9 @@ def test_fit_fast_dev_run(tiny_rafdb, tmp_path):
     assert (cli.datamodule.hparams.batch_size, cli.datamodule.hparams.img_size) == (8, 32)
     images, labels = next(iter(cli.datamodule.val_dataloader()))
     assert tuple(images.shape) == (8, 3, 32, 32) and labels.dtype == torch.int64
+    # Lightning's model summary gets one image of the data's size, so it counts FLOPs instead of printing 0.
+    assert tuple(cli.model.example_input_array.shape) == (1, 3, 32, 32)
+    assert ModelSummary(cli.model).total_flops > 0
 
 
 def test_fit_then_validate_and_test_the_selected_checkpoint(tiny_rafdb, tmp_path):

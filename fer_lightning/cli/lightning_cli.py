@@ -234,6 +234,11 @@ class FERCLI(LightningCLI):
         # Under SAM the model clips gradients itself: Lightning refuses trainer-level clipping with
         # manual optimisation, so the trainer's gradient_clip_val moves into the model here.
         self.model.take_over_gradient_clipping(self.trainer)
+        # Lightning's model summary counts FLOPs by running this input (eval mode, no grad), one image of
+        # the datamodule's size; without it the summary prints "0 Total Flops".
+        if getattr(self.model, "example_input_array", None) is None:
+            size = self.datamodule.hparams.img_size
+            self.model.example_input_array = torch.zeros(1, 3, size, size)
         if self._continued_run is None or not self.trainer.is_global_zero:
             return
         csv_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
