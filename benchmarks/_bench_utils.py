@@ -189,28 +189,28 @@ def run_benchmark(
     """
     backends = [b for b in args.backends.split(",") if not (args.quick and b == "compiled")]
     pairs = [(case, backend) for case in args.cases.split(",") for backend in backends]
-    results: dict[tuple[str, str], dict] = {}
-    round_ms: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
+    # A skipped pair, or one whose timing failed, is not timed again: its result is final.
+    final = {pair: {"skipped": reason} for pair in pairs if (reason := skip_reason(*pair))}
+    timings: dict[tuple[str, str], list[dict]] = {pair: [] for pair in pairs}
     for round_index in range(max(1, args.rounds)):
         for case, backend in pairs:
-            if round_index == 0 and (reason := skip_reason(case, backend)):
-                results[case, backend] = {"skipped": reason}
-            if "skipped" in results.get((case, backend), {}) or "error" in results.get((case, backend), {}):
+            if (case, backend) in final:
                 continue
             result = run_in_fresh_process(script, case, backend, "time", args)
             if "error" in result:
-                results[case, backend] = result
-                continue
-            round_ms[case, backend].append(result["ms"])
-            results[case, backend] = result | {"ms": statistics.median(round_ms[case, backend])}
+                final[case, backend] = result
+            else:
+                timings[case, backend].append(result)
             print(f"  round {round_index + 1}: {case} {backend}: {result}", file=sys.stderr, flush=True)
     rows = []
     for case, backend in pairs:
-        result = results[case, backend]
-        if "ms" in result:
-            result |= run_in_fresh_process(script, case, backend, "memory", args)
+        result = final.get((case, backend))
+        if result is None:
+            round_ms = [timing["ms"] for timing in timings[case, backend]]
+            result = timings[case, backend][-1] | {"ms": statistics.median(round_ms)}
             if args.rounds > 1:
-                result["round_ms"] = [round(ms, 1) for ms in round_ms[case, backend]]
+                result["round_ms"] = [round(ms, 1) for ms in round_ms]
+            result |= run_in_fresh_process(script, case, backend, "memory", args)
         rows.append({"case": case, "backend": backend, **result})
         print(f"  measured {case} {backend}: {result}", file=sys.stderr, flush=True)
     print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
