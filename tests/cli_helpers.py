@@ -1,8 +1,10 @@
-"""Shared by the CLI tests: a tiny synthetic RAF-DB folder, the arguments of a small quickstart run, the
-CLI run in-process handing back what it built, and a ``fit --trainer.fast_dev_run`` of an experiment config."""
+"""Shared by the CLI tests: a tiny synthetic RAF-DB folder, a run folder's data_splits.csv, the arguments of
+a small quickstart run, the CLI run in-process handing back what it built, and a
+``fit --trainer.fast_dev_run`` of an experiment config."""
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from collections.abc import Callable
@@ -20,6 +22,15 @@ def write_tiny_rafdb(folder: Path, num_images: int, seed: int) -> Path:
     size = ["--num-images", str(num_images), "--seed", str(seed)]
     main(["make-synthetic", "--format", "rafdb", "--out", str(folder), *size])
     return folder
+
+
+def write_data_splits(folder: Path, rows: list[tuple[str, int]]) -> None:
+    """A run folder's ``data_splits.csv`` (as the datamodules write it) with one row per (split, label)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "data_splits.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["split", "sample", "label", "class_name"])
+        writer.writerows([split, f"img{i}.png", label, f"c{label}"] for i, (split, label) in enumerate(rows))
 
 
 def quickstart_args(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+from cli_helpers import write_data_splits
 
 from fer_lightning.cli import main
 from fer_lightning.results import append_row, study_settings
@@ -104,12 +105,7 @@ def test_the_studied_settings_are_read_from_the_config_and_blank_where_there_is_
 
 
 def _write_splits(folder, test_labels):
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [("train", 0), ("train", 1), ("train", 1)] + [("test", label) for label in test_labels]
-    with open(folder / "data_splits.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["split", "sample", "label", "class_name"])
-        writer.writerows([split, f"img{i}.png", label, f"c{label}"] for i, (split, label) in enumerate(rows))
+    write_data_splits(folder, [("train", 0), ("train", 1), ("train", 1)] + [("test", y) for y in test_labels])
 
 
 def test_report_states_the_majority_baseline_when_the_runs_share_their_data(tmp_path):

@@ -3,6 +3,7 @@
 import csv
 
 import pytest
+from cli_helpers import write_data_splits
 
 from fer_lightning.cli import main
 from fer_lightning.plots import plot_per_class_accuracy, plot_training_curves, read_metrics_csv
@@ -60,10 +61,7 @@ def test_plot_curves_command_reads_the_majority_baseline_from_the_run_folder(tmp
     # Training's largest class is 1; it is 2 of the 5 validation samples. Test rows must not count.
     rows = [("train", 0), ("train", 1), ("train", 1), ("val", 0), ("val", 1), ("val", 1), ("val", 2)]
     rows += [("val", 0), ("test", 1), ("test", 1)]
-    with open(tmp_path / "data_splits.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["split", "sample", "label", "class_name"])
-        writer.writerows([split, f"img{i}.png", label, f"c{label}"] for i, (split, label) in enumerate(rows))
+    write_data_splits(tmp_path, rows)
     main(["plot-curves", str(tmp_path)])
     assert "majority class 0.4000" in capsys.readouterr().out
     main(["plot-curves", str(tmp_path), "--majority", "0.25"])  # an explicit value wins

@@ -159,7 +159,7 @@ class RoutedAttention(nn.Module):
             out = routing_attention(q, k, v, self.regions, self.topk, scale=self.scale, backend=self.backend)
         out = out.permute(0, 2, 3, 1, 4).reshape(batch, height, width, dim)
         if self.lepe is not None:
-            # V as a channels-last map: the depthwise conv runs 1.5-4x faster so on CPU (fwd + bwd), and
+            # V as a channels-last map: the depthwise conv runs 1.5-4x faster in it on CPU (fwd + bwd), and
             # its output permuted back to (B, H, W, C) is contiguous, so adding it copies nothing.
             values = v.permute(0, 1, 4, 2, 3).flatten(1, 2).contiguous(memory_format=torch.channels_last)
             out = out + self.lepe(values).permute(0, 2, 3, 1)
@@ -269,7 +269,7 @@ class BiFormerNetwork(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # Channels-last maps throughout: each block's (B, C, H, W) ↔ (B, H, W, C) permutes are then free
-        # views rather than copies, and depthwise convolutions run 1.5-4x faster so on CPU (fwd + bwd).
+        # views rather than copies, and depthwise convolutions run 1.5-4x faster on CPU (fwd + bwd).
         x = images.contiguous(memory_format=torch.channels_last)
         for downsample, stage in zip(self.downsample_layers, self.stages):
             x = stage(downsample(x))
