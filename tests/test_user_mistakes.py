@@ -83,10 +83,11 @@ def test_misspelled_key_on_the_command_line_says_did_you_mean(capsys):
     )
 
 
-def test_a_misspelled_option_of_a_nested_class_is_named_by_its_whole_path(capsys):
+@pytest.mark.parametrize("option", ["--data.label_noise.rat=0.1", "--data.label_noise={rat: 0.1}"])
+def test_a_misspelled_option_of_a_nested_class_is_named_by_its_whole_path(capsys, option):
     config = str(EXPERIMENTS / "label_noise_synthetic.yaml")
     with pytest.raises(SystemExit):
-        main(["fit", "--config", config, "--data.label_noise.rat=0.1"])
+        main(["fit", "--config", config, option])
     error, hint = capsys.readouterr().err.strip().splitlines()[-2:]
     assert error == "error: data.label_noise.rat: LabelNoise has no option 'rat'; did you mean rate?"
     assert hint == "see: fer-lightning fit --help"  # LabelNoise has no --data.help page

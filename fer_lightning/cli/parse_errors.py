@@ -125,9 +125,10 @@ def condense_parse_error(message: str, suggest: Suggest | None = None) -> str:
         if not_accepted := _NOT_ACCEPTED.search(leaf):
             wrong = not_accepted[1]
             owner = class_path.rsplit(".", 1)[-1] if class_path else (keys[0] if keys else "this command")
-            # A nested option (--data.label_noise.rat=…) is named by its whole path, not data.rat.
+            # A nested option is named by its whole path, not data.rat: from the nested argument
+            # (--data.label_noise.rat=…) or from the parser keys it sits under (--data.label_noise='{rat: …}').
             nested = nested_key.removeprefix("init_args.") if nested_key else ""
-            path = nested if nested.rsplit(".", 1)[-1] == wrong else wrong
+            path = nested if nested.rsplit(".", 1)[-1] == wrong else ".".join([*keys[1:], wrong])
             name = f"{keys[0]}.{path}" if keys else path
             valid = suggest("class", class_path) if class_path else suggest("group", keys[0] if keys else "")
             return f"{name}: {owner} has no option '{wrong}'" + _suggestion(wrong, valid)
