@@ -111,6 +111,24 @@ def test_a_nonfinite_step_is_skipped_without_a_trace(fault):
     assert trainer.callback_metrics["train/nonfinite_steps"] == 1
 
 
+@pytest.mark.parametrize("skipped", [2, 3])
+def test_a_skipped_micro_batch_drops_only_itself_from_its_accumulation_window(skipped):
+    """Windows of two micro-batches: skipping batch 3 (the last of its window) or 2 (the first) applies the
+    other one of the window, as training without the skipped batch does."""
+    torch.manual_seed(0)
+    model = _ToyModel(poison={skipped: "loss"})
+    reference = copy.deepcopy(model)
+    reference.poison = {}
+    data = _batches(4)
+    _fit(model, data, accumulate_grad_batches=2)
+    if skipped == 3:
+        _fit(reference, _without_batch(data, 3), accumulate_grad_batches=2)  # windows (0, 1) and (2)
+    else:  # windows (0, 1) and (3), each applied as its own step
+        _fit(reference, _without_batch(data, 2), accumulate_grad_batches=2, max_steps=1)
+        _fit(reference, (data[0][3 * BATCH :], data[1][3 * BATCH :]), accumulate_grad_batches=2)
+    _assert_same_state(model, _state(reference))
+
+
 def test_nonfinite_steps_in_a_row_stop_training_with_one_message():
     model = _ToyModel(poison={1: "loss", 2: "loss"}, max_nonfinite_steps=2)
     with pytest.raises(NonFiniteLossError) as raised:

@@ -75,7 +75,9 @@ class FERClassifier(L.LightningModule):
             :class:`~fer_lightning.errors.NonFiniteLossError`. ``1`` stops at the first; ``None`` never
             stops. Under fp16 an overflow the grad scaler handles (it skips the step and lowers its
             scale) is not counted. Under DDP a step that is not finite on one process is skipped by all
-            of them, so they keep the same weights, count the same streak and stop together.
+            of them, so they keep the same weights, count the same streak and stop together. With
+            ``trainer.accumulate_grad_batches`` > 1, a micro-batch with a non-finite loss adds nothing
+            and the rest of its window is applied; non-finite gradients drop the whole window.
 
     Gradient clipping under SAM: Lightning refuses ``Trainer(gradient_clip_val=...)`` with manual
     optimisation, so :meth:`take_over_gradient_clipping` moves the trainer's setting into the model (the
@@ -133,6 +135,8 @@ class FERClassifier(L.LightningModule):
         self.loss_terms: dict[str, torch.Tensor] = {}
         self._nonfinite_streak = 0
         self._skip_reason: str | None = None  # why the current step is skipped, None while it is not
+        # Micro-batches whose gradients are in the current accumulation window (trainer.accumulate_grad_batches).
+        self._microbatches_accumulated = 0
         self._running_stats_before: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._batch_idx = 0
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -181,6 +185,7 @@ class FERClassifier(L.LightningModule):
                 # refuses None under DDP, so there every rank backpropagates a zero instead (its gradient
                 # all-reduce then runs on all of them alike) and on_before_optimizer_step drops the result.
                 return self._loss_that_changes_nothing() if self.trainer.world_size > 1 else None
+            self._microbatches_accumulated += 1
         else:
             result = self._sam_step(images, labels)
             if result is None:
@@ -267,9 +272,12 @@ class FERClassifier(L.LightningModule):
         # Runs after backward (and AMP unscaling), right before the optimiser's update, in both modes.
         # Under DDP the gradients here are averaged over the ranks (a NaN or inf on one rank reaches all
         # of them), so every rank takes the same decision without a collective of its own.
-        if self._skip_reason is not None:
+        accumulated, self._microbatches_accumulated = self._microbatches_accumulated, 0
+        if self._skip_reason is not None and not accumulated:
             self._drop_gradients(optimizer)  # none after a None from training_step, zeros under DDP
             return
+        # With gradient accumulation, a skipped last micro-batch added nothing (no backward, or a zero one
+        # under DDP): the window's other micro-batches are applied as if it had not been in the data.
         if not all_finite(self._gradients(optimizer)):
             if self._grad_scaler() is not None:
                 return  # the scaler skips this update and lowers its scale
