@@ -32,7 +32,9 @@ SYNTHETIC_OPTIONS: dict[str, tuple[str, type, str]] = {
         "label_noise",
         float,
         "fraction of training labels replaced by a different class, in [0, 1] (the manifest keeps the "
-        "clean labels; for ferplus only the FER2013 column is corrupted)",
+        "clean labels; for ferplus only the FER2013 column is corrupted). This writes the noise into the "
+        "files; to flip the labels of any dataset, real ones included, when it is read, use fit's "
+        "--data.label_noise instead",
     ),
     "--nuisance": (
         "nuisance",
