@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import cv2
@@ -12,13 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from cli_helpers import quickstart_args, write_tiny_rafdb
 
 from fer_lightning.callbacks.inference_metadata import INFERENCE_KEY
 from fer_lightning.cli import main
 from fer_lightning.data.preprocessing import EvalPreprocessing
 from fer_lightning.data.rafdb import RAFDBDataModule
-from fer_lightning.errors import WeightsError
+from fer_lightning.errors import ConfigurationError, WeightsError
+from fer_lightning.face_detection import FaceDetector
 from fer_lightning.inference import NO_FACE, Predictor
 
 CLASS_NAMES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
@@ -141,6 +144,57 @@ def test_detector_finds_the_face_in_a_real_photograph_and_none_in_a_photo_withou
     assert any(abs(x - 225) < 30 and abs(y - 115) < 40 for x, y in zip(*centres))
     no_face = table[table["input"] == "<array 1>"]
     assert len(no_face) == 1 and no_face["note"].iloc[0] == NO_FACE and no_face["face"].isna().all()
+
+
+YUNET_OUTPUTS = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32)]
+
+
+class _BrightCellYuNet(torch.nn.Module):
+    """A stand-in with YuNet's inputs and outputs (no model file ships in any package): it scores each
+    32-pixel cell by its brightness, finds nothing at strides 8 and 16, and boxes a cell as itself
+    (centre offset ½, log-size 0)."""
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = {}
+        for stride in (8, 16, 32):
+            brightness = F.avg_pool2d(image, stride).mean(dim=1).flatten(1).unsqueeze(-1) / 255.0
+            score = brightness if stride == 32 else brightness * 0.0
+            outputs[f"cls_{stride}"] = outputs[f"obj_{stride}"] = score
+            outputs[f"bbox_{stride}"] = brightness * 0.0 + torch.tensor([0.5, 0.5, 0.0, 0.0])
+            outputs[f"kps_{stride}"] = brightness * 0.0 + torch.zeros(10)
+        return tuple(outputs[name] for name in YUNET_OUTPUTS)
+
+
+def _export_onnx(module: torch.nn.Module, path: Path, output_names: list[str]) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
+        torch.onnx.export(
+            module, (torch.zeros(1, 3, 64, 64),), str(path), input_names=["input"],
+            output_names=output_names, dynamic_axes={"input": {2: "height", 3: "width"}},
+            dynamo=False, opset_version=13,
+        )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    ("side", "square", "expected"), [(256, 32, (96, 64, 128, 96)), (1280, 64, (192, 128, 256, 192))]
+)
+def test_a_yunet_model_gives_its_boxes_in_picture_pixels(tmp_path, side, square, expected):
+    """The .onnx path of FaceDetector: OpenCV's FaceDetectorYN decodes our stand-in's outputs, and a
+    picture larger than DETECTION_SIDE (1280 px: searched at half size) gets its box back in its own pixels."""
+    detector = FaceDetector(_export_onnx(_BrightCellYuNet(), tmp_path / "yunet.onnx", YUNET_OUTPUTS))
+    picture = np.zeros((side * 3 // 4, side, 3), np.uint8)
+    x0, y0 = expected[:2]
+    picture[y0 : y0 + square, x0 : x0 + square] = 255
+    assert detector(picture) == [tuple(float(v) for v in expected)]
+    assert detector(np.zeros_like(picture)) == []
+
+
+def test_an_onnx_file_that_is_not_a_yunet_detector_is_refused_in_one_line(tmp_path):
+    other = _export_onnx(torch.nn.Conv2d(3, 1, 1), tmp_path / "other.onnx", ["output"])
+    with pytest.raises(ConfigurationError, match=r"other\.onnx: not a YuNet face detector") as raised:
+        FaceDetector(other)(np.zeros((64, 64, 3), np.uint8))
+    assert "\n" not in str(raised.value)
 
 
 def test_a_checkpoint_that_needs_pickled_code_is_refused_in_one_line(tmp_path, capsys):
