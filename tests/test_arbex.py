@@ -19,6 +19,7 @@ from fer_lightning.data.synthetic import write_synthetic
 from fer_lightning.errors import ConfigurationError
 from fer_lightning.losses import AnchorCenterLoss, AnchorSeparationLoss, inverse_frequency_weights
 from fer_lightning.models.arbex import ARBEx, EmbeddingAnchors, normalized_confidence, reliability_balance
+from fer_lightning.plots import read_metrics_csv
 
 pytestmark = pytest.mark.filterwarnings("ignore:PosterBody")
 
@@ -202,10 +203,7 @@ def test_the_balanced_training_output_does_depend_on_the_batch(tiny_arbex):
 
 
 def _trust_by_step(run: Path) -> dict[int, float]:
-    with open(run / "metrics.csv") as handle:
-        return {
-            int(r["step"]): float(r["train/trust"]) for r in csv.DictReader(handle) if r.get("train/trust")
-        }
+    return {step: value for _, step, value in read_metrics_csv(run / "metrics.csv")["train/trust"]}
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from fer_lightning.callbacks import LambdaSchedule
 from fer_lightning.callbacks.batch_size import cba_batch_size
 from fer_lightning.cli import main
 from fer_lightning.errors import ConfigurationError
+from fer_lightning.plots import read_metrics_csv
 
 
 def test_values_at_given_steps():
@@ -68,12 +69,7 @@ def fit_btn(root, save_dir, *extra):
 
 
 def logged_lambda(run) -> dict[int, float]:
-    with open(run / "metrics.csv") as handle:
-        return {
-            int(row["step"]): float(row["train/lambda_vit"])
-            for row in csv.DictReader(handle)
-            if row.get("train/lambda_vit")
-        }
+    return {step: value for _, step, value in read_metrics_csv(run / "metrics.csv")["train/lambda_vit"]}
 
 
 @pytest.mark.slow  # four short BTN fits: about a minute of CPU time
