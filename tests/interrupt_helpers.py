@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -9,16 +10,48 @@ from lightning.pytorch import Callback
 
 
 class PauseAfterBatch(Callback):
-    """After batch ``batch`` of epoch ``epoch``, write ``marker`` (the test then sends its signal) and
-    slow every later batch by ``seconds``, so the signal arrives while the epoch still has batches left."""
+    """After batch ``batch`` of epoch ``epoch``, write ``marker`` (the test then sends its signal) and slow
+    every later batch by ``seconds``, so the signal arrives while the epoch still has batches left. With
+    ``validation`` the batch is a validation batch, and that batch is slowed too (validation may have no
+    batch left after it)."""
 
-    def __init__(self, marker: str, epoch: int = 1, batch: int = 1, seconds: float = 0.5) -> None:
+    def __init__(
+        self, marker: str, epoch: int = 1, batch: int = 1, seconds: float = 0.5, validation: bool = False
+    ) -> None:
         self.marker, self.epoch, self.batch, self.seconds = Path(marker), epoch, batch, seconds
+        self.validation = validation
         self.paused = False
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            self.marker.write_text(str(trainer.global_step))
+    def _after_batch(self, trainer, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch) and not self.paused:
+            if trainer.is_global_zero:
+                self.marker.write_text(str(trainer.global_step))
             self.paused = True
-        elif self.paused:
+            if not self.validation:
+                return
+        if self.paused:
             time.sleep(self.seconds)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.validation:
+            self._after_batch(trainer, batch_idx)
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if self.validation and not trainer.sanity_checking:
+            self._after_batch(trainer, batch_idx)
+
+
+def child_processes(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux): under DDP, the ranks Lightning's launcher re-ran."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:  # ended meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry))
+    return children

@@ -15,6 +15,7 @@ import lightning as L
 import pytest
 import torch
 from cli_helpers import quickstart_args, run_cli, write_tiny_rafdb
+from interrupt_helpers import child_processes
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -284,8 +285,8 @@ def test_sam_takes_the_trainers_gradient_clipping_through_the_cli(tiny_rafdb, tm
     assert cli.trainer.gradient_clip_val is None
 
 
-def _fit_subprocess(root, save_dir, marker):
-    pause = {"class_path": "interrupt_helpers.PauseAfterBatch", "init_args": {"marker": str(marker)}}
+def _fit_subprocess(root, save_dir, marker, *extra, **pause):
+    pause = {"class_path": "interrupt_helpers.PauseAfterBatch", "init_args": {"marker": str(marker), **pause}}
     args = _fit_args(
         root,
         save_dir,
@@ -293,9 +294,12 @@ def _fit_subprocess(root, save_dir, marker):
         "--trainer.limit_train_batches=6",
         "--trainer.num_sanity_val_steps=0",
         f"--trainer.callbacks+={json.dumps(pause)}",
+        *extra,
     )
     env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
     )
     return subprocess.Popen(
         [sys.executable, "-m", "fer_lightning.cli", *args],
@@ -306,6 +310,43 @@ def _fit_subprocess(root, save_dir, marker):
     )
 
 
+def _signal_when_paused(process, marker, signal_number, to_ranks="all") -> str:
+    """Wait for ``marker``, send the signal (under DDP to ``to_ranks``: "all", or "1" for the second
+    process alone), and return the run's stderr once it ended; fail if it did not end within 2 minutes
+    (a hang under DDP)."""
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), process.communicate()[1][-3000:]
+        others = child_processes(process.pid)
+        receivers = [process.pid, *others] if to_ranks == "all" else others
+        for pid in receivers:
+            os.kill(pid, signal_number)
+        try:
+            return process.communicate(timeout=120)[1]
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run did not stop within 2 minutes of the signal")
+    finally:
+        for pid in child_processes(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        process.kill()
+
+
+def _interrupt_line(stderr, epoch: int) -> tuple[str, Path]:
+    """The config and checkpoint of the one "interrupted at epoch ``epoch`` ..." line the run printed."""
+    [line] = [line for line in stderr.splitlines() if line.startswith("interrupted at epoch")]
+    assert line.startswith(f"interrupted at epoch {epoch} step"), line
+    config, checkpoint = line.split("--config ")[1].split(" --ckpt_path ")
+    return config, Path(checkpoint)
+
+
+def _trained_when_saved(checkpoint) -> tuple[int, int]:
+    """(global step, batches of the epoch trained) of the state ``checkpoint`` holds."""
+    state = torch.load(checkpoint, weights_only=False)
+    return state["global_step"], state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"]
+
+
 @pytest.mark.parametrize(
     "signal_number",
     [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],  # Ctrl-C takes the same path
@@ -314,25 +355,64 @@ def _fit_subprocess(root, save_dir, marker):
 def test_a_signal_mid_epoch_leaves_a_checkpoint_to_resume_from(tiny_rafdb, tmp_path, signal_number):
     marker = tmp_path / "paused"
     process = _fit_subprocess(tiny_rafdb, tmp_path / "runs", marker)
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), process.communicate()[1][-3000:]
-        process.send_signal(signal_number)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    stderr = _signal_when_paused(process, marker, signal_number)
     assert process.returncode == 128 + signal_number, stderr[-3000:]
-    [line] = [line for line in stderr.splitlines() if line.startswith("interrupted at epoch 1 step")]
-    config, checkpoint = line.split("--config ")[1].split(" --ckpt_path ")
-    assert Path(checkpoint).name == "last.ckpt"
-    [epoch_end] = Path(checkpoint).parent.glob("best-epoch00-*.ckpt")
+    config, checkpoint = _interrupt_line(stderr, epoch=1)
+    assert checkpoint.name == "last.ckpt"
+    [epoch_end] = checkpoint.parent.glob("best-epoch00-*.ckpt")
     interrupted_step = torch.load(checkpoint, weights_only=False)["global_step"]
     assert interrupted_step > torch.load(epoch_end, weights_only=False)["global_step"]
     assert interrupted_step >= int(marker.read_text())  # the step running when the signal came completed
     if signal_number == signal.SIGTERM:  # the resume command it printed works
         cli = run_cli(
-            ["fit", "--config", config, "--ckpt_path", checkpoint, "--trainer.enable_progress_bar=false"]
+            ["fit", "--config", config, "--ckpt_path", str(checkpoint), "--trainer.enable_progress_bar=false"]
         )
         assert cli.trainer.global_step == 2 * 6  # the rest of epoch 1 and epoch 2: no batch lost or repeated
+
+
+def test_a_signal_inside_an_accumulation_window_stops_at_its_end(tiny_rafdb, tmp_path):
+    """Gradients accumulated over 3 batches: a signal after the first batch of the window [3, 4, 5]
+    stops after batch 5. A checkpoint written inside the window would drop the gradients gathered in
+    it, and the resumed run would step on a shorter window."""
+    marker = tmp_path / "paused"
+    accumulate = ["--trainer.accumulate_grad_batches=3", "--trainer.limit_train_batches=9"]
+    process = _fit_subprocess(tiny_rafdb, tmp_path / "runs", marker, *accumulate, batch=3)
+    stderr = _signal_when_paused(process, marker, signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    _, checkpoint = _interrupt_line(stderr, epoch=1)
+    assert _trained_when_saved(checkpoint) == (3 + 2, 6)  # epoch 0's 3 steps, then 2 windows of epoch 1
+
+
+DDP_2_CPU = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+
+
+@pytest.mark.parametrize("to_ranks", ["all", "1"], ids=["every_rank", "second_rank_only"])
+def test_sigterm_under_ddp_stops_every_rank_after_the_same_step(tiny_rafdb, tmp_path, to_ranks):
+    """A cluster's time limit signals every process, each at its own point of the step; ``kill`` may
+    reach one process only. Either way the ranks agree, stop after one common step and write one
+    checkpoint. (Lightning's own handling hangs in both cases: it broadcasts from inside the signal
+    handler and each rank checks its own flag.)"""
+    marker = tmp_path / "paused"
+    process = _fit_subprocess(tiny_rafdb, tmp_path / "runs", marker, *DDP_2_CPU)
+    stderr = _signal_when_paused(process, marker, signal.SIGTERM, to_ranks)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "[rank 1] SIGTERM: stopping after the current step" in stderr
+    assert ("[rank 0] SIGTERM" in stderr) == (to_ranks == "all")
+    _, checkpoint = _interrupt_line(stderr, epoch=1)
+    [epoch_end] = checkpoint.parent.glob("best-epoch00-*.ckpt")
+    step, _ = _trained_when_saved(checkpoint)
+    assert _trained_when_saved(epoch_end)[0] < int(marker.read_text()) <= step
+
+
+def test_sigterm_during_validation_under_ddp_stops_every_rank_when_it_ends(tiny_rafdb, tmp_path):
+    """The ranks may hold different numbers of validation batches, so they cannot agree per batch:
+    validation runs to its end on every rank, then they stop together before training on."""
+    marker = tmp_path / "paused"
+    process = _fit_subprocess(
+        tiny_rafdb, tmp_path / "runs", marker, *DDP_2_CPU, "--trainer.max_epochs=3", batch=0, validation=True
+    )
+    stderr = _signal_when_paused(process, marker, signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "[rank 1] SIGTERM: stopping when validation ends" in stderr
+    _, checkpoint = _interrupt_line(stderr, epoch=2)
+    assert _trained_when_saved(checkpoint)[0] == int(marker.read_text())  # no training step after it

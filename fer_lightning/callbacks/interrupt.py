@@ -7,70 +7,131 @@ import signal
 import sys
 import threading
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fer_lightning.callbacks.checkpoint import ValidationCheckpoint
 
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 class InterruptCheckpoint(Callback):
     """On SIGTERM (a scheduler's time limit, ``kill``) or a first Ctrl-C: finish the current training
     step, write ``last.ckpt`` into the run's checkpoint folder, stop, and print how to resume.
 
-    Builds on Lightning's own SIGTERM handling: Lightning notes the signal, lets the running step finish
-    and then ends ``fit`` with ``SIGTERMException`` (validation in progress is cut short). A first
-    Ctrl-C is routed into the same path; a second one interrupts at once as usual. The checkpoint is
-    written at the end of the step (or, when the signal arrives during validation, as ``fit`` stops),
-    through the run's :class:`~fer_lightning.callbacks.ValidationCheckpoint` so that a model with
-    non-finite weights is never saved. The process exits with status 128 + the signal number (143 for
-    SIGTERM, 130 for Ctrl-C), as a shell reports a process a signal ended.
+    From the sanity check to the end of training this callback handles both signals itself; Lightning's
+    SIGTERM handler is put back afterwards. The handler only notes the signal. The decision to stop is
+    taken at the end of a training step (at the end of an accumulation window when gradients are
+    accumulated), and under DDP it is collective: the ranks all-reduce what each received, so a signal
+    that reached one process, or every process at a different moment (a cluster's time limit), stops
+    all of them after the same step, and they write one checkpoint together. Lightning's own handling
+    broadcasts from inside the signal handler and checks each process's own flag, which under DDP
+    pairs collectives wrongly and hangs.
+
+    On one process a signal that arrives during validation cuts validation short and the state is
+    saved as ``fit`` stops; under DDP validation runs to its end first (the ranks may have different
+    numbers of validation batches, so they cannot agree per batch), and they agree when it ends. The
+    checkpoint is written through the run's :class:`~fer_lightning.callbacks.ValidationCheckpoint`, so
+    a model with non-finite weights is never saved. A second Ctrl-C interrupts at once, without a
+    checkpoint. The process exits with status 128 + the signal number (143 for SIGTERM, 130 for
+    Ctrl-C), as a shell reports a process a signal ended.
     """
 
     def __init__(self) -> None:
         self.signal_number: int | None = None
         self.checkpoint_path: str | None = None
-        self._previous_sigint_handler = None
+        self._saved = False  # tried to: a diverged state is refused, and that is said once
+        self._previous_handlers: dict[int, object] = {}
+        self._trainer: Trainer | None = None
+
+    # ---- the handlers ----------------------------------------------------------------------------
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._install(trainer)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Lightning installs its SIGTERM handler just before training; ours for SIGINT goes in after it.
-        self.signal_number, self.checkpoint_path = None, None
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigint_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self._install(trainer)  # when there is no sanity check
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._restore_sigint_handler()
+        self._restore_handlers()
 
-    def _on_sigint(self, signum: int, frame) -> None:
-        if self.signal_number is not None:  # a second Ctrl-C: stop now, without a checkpoint
-            self._restore_sigint_handler()
-            raise KeyboardInterrupt
+    def _install(self, trainer: Trainer) -> None:
+        # Lightning installs its SIGTERM handler just before the sanity check; ours replace it from here.
+        if self._previous_handlers or threading.current_thread() is not threading.main_thread():
+            return
+        self.signal_number, self.checkpoint_path, self._saved = None, None, False
+        self._trainer = trainer
+        for signum in _HANDLED_SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous_handlers.items():
+                signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def _on_signal(self, signum: int, frame) -> None:
+        # No collective and no I/O beyond one line here: the signal interrupts arbitrary code.
+        if self.signal_number is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: stop now, without a checkpoint
+                self._restore_handlers()
+                raise KeyboardInterrupt
+            return
         self.signal_number = signum
-        print("\nCtrl-C: stopping after the current step (press again to stop at once)", file=sys.stderr)
-        lightning_handler = signal.getsignal(signal.SIGTERM)
-        if callable(lightning_handler):
-            lightning_handler(signum, frame)
+        trainer = self._trainer
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        rank = f"[rank {trainer.global_rank}] " if trainer.world_size > 1 else ""
+        again = " (press again to stop at once)" if signum == signal.SIGINT else ""
+        validating = trainer.validating or trainer.sanity_checking
+        when = "when validation ends" if validating and trainer.world_size > 1 else "after the current step"
+        try:
+            print(f"\n{rank}{what}: stopping {when}{again}", file=sys.stderr)
+        except RuntimeError:  # the signal came while the main code was writing to stderr
+            pass
+        if trainer.world_size == 1 and (trainer.validating or trainer.sanity_checking):
+            # Alone, the process can let Lightning cut a running validation short.
+            trainer._signal_connector.received_sigterm = True
 
-    def _restore_sigint_handler(self) -> None:
-        if (
-            self._previous_sigint_handler is not None
-            and threading.current_thread() is threading.main_thread()
-        ):
-            signal.signal(signal.SIGINT, self._previous_sigint_handler)
-        self._previous_sigint_handler = None
+    # ---- the collective decision -----------------------------------------------------------------
+
+    def _agreed_signal(self, trainer: Trainer) -> int | None:
+        """The signal any rank received (the largest number if they differ), the same on every rank."""
+        if trainer.world_size == 1:
+            return self.signal_number
+        received = torch.tensor([self.signal_number or 0], device=trainer.strategy.root_device)
+        agreed = int(trainer.strategy.reduce(received, reduce_op="max").item())
+        return agreed or None
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx
     ) -> None:
-        if trainer.received_sigterm and self.checkpoint_path is None:
-            self.checkpoint_path = self._save(trainer)
+        if self._saved or _inside_accumulation_window(trainer, batch_idx):
+            return
+        agreed = self._agreed_signal(trainer)
+        if agreed is None:
+            return
+        self.signal_number = agreed
+        self._save(trainer)
+        raise SIGTERMException
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Under DDP a signal that came during validation is agreed on here, once every rank is done;
+        # Lightning then stops at the end of the step (or epoch) and on_exception writes the checkpoint.
+        if trainer.world_size == 1 or not self._previous_handlers or self._saved:
+            return
+        agreed = self._agreed_signal(trainer)
+        if agreed is not None:
+            self.signal_number = agreed
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._restore_sigint_handler()
+        self._restore_handlers()
         if not isinstance(exception, SIGTERMException):
             return
-        if self.checkpoint_path is None:  # the signal came during validation
-            self.checkpoint_path = self._save(trainer)
+        if not self._saved:  # the signal came during validation
+            self._save(trainer)
         signal_number = self.signal_number or signal.SIGTERM
         exception.code = 128 + signal_number
         log_dir = trainer.log_dir  # a broadcast from rank 0 under DDP: every rank must ask
@@ -91,14 +152,25 @@ class InterruptCheckpoint(Callback):
             file=sys.stderr,
         )
 
-    @staticmethod
-    def _save(trainer: Trainer) -> str | None:
-        checkpoint = trainer.checkpoint_callback
-        if isinstance(checkpoint, ValidationCheckpoint):
-            return checkpoint.save_latest(trainer)
-        if not ValidationCheckpoint._state_is_finite(trainer):
-            return None
-        folder = checkpoint.dirpath if isinstance(checkpoint, ModelCheckpoint) else None
-        path = os.path.join(folder or trainer.default_root_dir, "last.ckpt")
-        trainer.save_checkpoint(path)
-        return path
+    def _save(self, trainer: Trainer) -> None:
+        self._saved = True
+        self.checkpoint_path = _save_latest(trainer)
+
+
+def _save_latest(trainer: Trainer) -> str | None:
+    """Write ``last.ckpt`` with the current state; its path, ``None`` if the state is not finite."""
+    checkpoint = trainer.checkpoint_callback
+    if isinstance(checkpoint, ValidationCheckpoint):
+        return checkpoint.save_latest(trainer)
+    if not ValidationCheckpoint._state_is_finite(trainer):
+        return None
+    folder = checkpoint.dirpath if isinstance(checkpoint, ModelCheckpoint) else None
+    path = os.path.join(folder or trainer.default_root_dir, "last.ckpt")
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _inside_accumulation_window(trainer: Trainer, batch_idx: int) -> bool:
+    """Whether this batch's gradients wait for the next batch's (a checkpoint here would lose them)."""
+    window_ends = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+    return not (window_ends or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
