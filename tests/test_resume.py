@@ -2,14 +2,23 @@
 
 import csv
 import glob
+import os
+import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from cli_helpers import EXPERIMENTS, quickstart_args, write_tiny_rafdb
 
+from fer_lightning.callbacks.random_state import StepSeededRandomState
 from fer_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 # A step checkpoint written inside epoch 0 (16 training batches per epoch here).
 STEP_CHECKPOINT = [
@@ -88,6 +97,67 @@ def test_resume_inside_an_epoch_continues_with_the_remaining_samples(tiny_rafdb,
 
     fit(tiny_rafdb, tmp_path, "--trainer.max_epochs=2", *STEP_CHECKPOINT, f"--ckpt_path={mid_epoch}")
     assert not list((run / "checkpoints").glob("last-v*.ckpt"))  # last.ckpt itself was rewritten
+    assert_same_weights(uninterrupted, weights(run / "checkpoints/last.ckpt"))
+    assert [r["val/acc"] for r in metrics(run) if r.get("val/acc")] == validation
+
+
+def test_global_generators_are_a_function_of_epoch_rank_and_batch(monkeypatch):
+    """What a resumed process draws (dropout masks) depends on where in training it is, not on what
+    the process ran before, and each DDP rank draws its own stream."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+    callback = StepSeededRandomState()
+
+    def draw(epoch, rank, batch_idx):
+        trainer = SimpleNamespace(current_epoch=epoch, global_rank=rank)
+        callback.on_train_batch_start(trainer, None, None, batch_idx)
+        return torch.rand(3), np.random.rand(), random.random()  # noqa: NPY002
+
+    first = draw(1, 0, 7)
+    torch.rand(100), np.random.rand(100), random.random()  # noqa: NPY002 - whatever ran in between
+    again = draw(1, 0, 7)
+    assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
+    for other in (draw(1, 1, 7), draw(1, 0, 8), draw(2, 0, 7)):
+        assert not torch.equal(first[0], other[0]) and first[1] != other[1] and first[2] != other[2]
+
+
+def _fit_ddp(root, save_dir, *extra):
+    """``fit`` of the quickstart on 2 CPU processes (a subprocess: Lightning's launcher re-runs it)."""
+    args = quickstart_args(
+        root,
+        save_dir,
+        "--trainer.log_every_n_steps=1",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        *extra,
+        batch_size=4,
+    )
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "fer_lightning.cli", "fit", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+
+
+@pytest.mark.slow
+def test_resume_inside_an_epoch_under_ddp_continues_each_process_where_it_stopped(tiny_rafdb, tmp_path):
+    """Each process skips the samples of its own share that the interrupted epoch had consumed, and
+    draws the dropout masks of the uninterrupted run: the weights come out the same."""
+    dropout = "--model.init_args.drop_rate=0.5"
+    _fit_ddp(tiny_rafdb, tmp_path, "--trainer.max_epochs=2", dropout, *STEP_CHECKPOINT)
+    [run] = run_folders(tmp_path)
+    uninterrupted = weights(run / "checkpoints/last.ckpt")
+    validation = [r["val/acc"] for r in metrics(run) if r.get("val/acc")]
+    mid_epoch = run / "checkpoints" / "step=5.ckpt"
+    assert torch.load(mid_epoch, weights_only=False)["epoch"] == 0
+
+    _fit_ddp(
+        tiny_rafdb, tmp_path, "--trainer.max_epochs=2", dropout, *STEP_CHECKPOINT, f"--ckpt_path={mid_epoch}"
+    )
     assert_same_weights(uninterrupted, weights(run / "checkpoints/last.ckpt"))
     assert [r["val/acc"] for r in metrics(run) if r.get("val/acc")] == validation
 

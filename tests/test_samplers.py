@@ -1,16 +1,17 @@
-"""Samplers: the imbalanced draw and the training shuffle (seeded per epoch, disjoint DDP shares), and the
-DDP evaluation shards (each sample exactly once)."""
+"""Samplers: the imbalanced draw and the training shuffle (seeded per epoch, disjoint DDP shares, the
+skip of a resumed epoch), and the DDP evaluation shards (each sample exactly once)."""
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
-from torch.utils.data import SequentialSampler
+from torch.utils.data import DistributedSampler, SequentialSampler
 
 from fer_lightning.data import RAFDBDataModule
+from fer_lightning.data.resumable import EpochKeyedSampler
 from fer_lightning.data.samplers import EpochShuffleSampler, EvaluationShardSampler, ImbalancedDatasetSampler
 from fer_lightning.data.synthetic import write_synthetic
 from fer_lightning.errors import ConfigurationError
@@ -35,22 +36,25 @@ def test_same_seed_same_draw_and_epochs_differ():
     assert len(first) == len(SKEWED_LABELS)
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_ddp_shares_are_disjoint_and_cover_the_draw(shuffle):
-    """Each simulated rank builds its own sampler, as under DDP; Lightning wraps it like this."""
+def _positions(keys) -> list[int]:
+    return [key.index for key in keys]
+
+
+def test_ddp_shares_are_disjoint_and_cover_the_draw():
+    """Each simulated rank builds its own sampler, as under DDP: rank r takes positions r, r + 2, ... of
+    the epoch's draw (which repeats indices), so the shares split the draw between them."""
     reference = ImbalancedDatasetSampler(SKEWED_LABELS, seed=0)
     reference.set_epoch(2)
     full = list(reference)
-    positions = []
+    shares = []
     for rank in range(2):
-        inner = ImbalancedDatasetSampler(SKEWED_LABELS, seed=0)
-        wrapper = DistributedSamplerWrapper(inner, num_replicas=2, rank=rank, shuffle=shuffle)
-        wrapper.set_epoch(2)
-        # Positions in the epoch's draw that this rank receives (the draw repeats indices).
-        positions.append(list(super(DistributedSamplerWrapper, wrapper).__iter__()))
-        assert list(wrapper) == [full[p] for p in positions[-1]]
-    assert set(positions[0]).isdisjoint(positions[1])
-    assert sorted(positions[0] + positions[1]) == list(range(len(full)))
+        sampler = EpochKeyedSampler(
+            ImbalancedDatasetSampler(SKEWED_LABELS, seed=0), num_replicas=2, rank=rank
+        )
+        sampler.set_epoch(2)
+        shares.append(_positions(sampler))
+        assert len(sampler) == len(full) // 2
+    assert shares == [full[0::2], full[1::2]]
 
 
 def test_labels_are_not_reread_and_bad_labels_fail():
@@ -81,34 +85,46 @@ def test_shuffle_order_depends_on_seed_and_epoch_only():
     assert len(sampler) == 50
 
 
-@pytest.mark.parametrize(
-    "make_sampler",
-    [
-        lambda: EpochShuffleSampler(range(41), seed=3),
-        lambda: ImbalancedDatasetSampler(SKEWED_LABELS[::100], seed=3),
-    ],
-    ids=["shuffle", "imbalanced"],
-)
-def test_lightning_ddp_wrapper_gives_disjoint_shares_new_each_epoch(make_sampler):
-    """What Lightning does under DDP: each rank wraps its own sampler and calls set_epoch on the wrapper."""
+SAMPLERS = {
+    "shuffle": lambda: EpochShuffleSampler(range(41), seed=3),
+    "imbalanced": lambda: ImbalancedDatasetSampler(SKEWED_LABELS[::100], seed=3),
+}
+
+
+@pytest.mark.parametrize("make_sampler", SAMPLERS.values(), ids=SAMPLERS.keys())
+def test_ddp_shares_are_new_each_epoch_and_padded_to_even_length(make_sampler):
+    """What each rank does under DDP. Lightning leaves a DistributedSampler in place; its fit loop
+    calls set_epoch on it."""
     orders = {}
     for epoch in (0, 1):
-        shares, positions = [], []
-        for rank in range(2):
-            wrapper = DistributedSamplerWrapper(
-                make_sampler(), num_replicas=2, rank=rank, shuffle=True, seed=0
-            )
-            wrapper.set_epoch(epoch)
-            assert wrapper.dataset._sampler.epoch == epoch  # set_epoch reaches our sampler
-            positions.append(list(super(DistributedSamplerWrapper, wrapper).__iter__()))
-            shares.append(list(wrapper))
         full = _epoch_order(make_sampler(), epoch)
-        # Disjoint positions of the epoch's list, covering it (the last one repeats to even out training).
-        assert len(set(positions[0]) & set(positions[1])) <= 1
-        assert set(positions[0]) | set(positions[1]) == set(range(len(full)))
-        assert shares == [[full[p] for p in rank_positions] for rank_positions in positions]
+        padded = full + full[: len(full) % 2]  # every rank gets as many samples (as Lightning pads)
+        shares = []
+        for rank in range(2):
+            sampler = EpochKeyedSampler(make_sampler(), num_replicas=2, rank=rank)
+            assert isinstance(sampler, DistributedSampler)
+            sampler.set_epoch(epoch)
+            assert sampler.sampler.epoch == epoch  # set_epoch reaches the order
+            shares.append(_positions(sampler))
+            assert len(sampler) == len(padded) // 2 == len(shares[-1])
+            assert {key.epoch for key in sampler} == {epoch}
+        assert shares == [padded[0::2], padded[1::2]]
         orders[epoch] = shares
     assert orders[0] != orders[1]
+
+
+@pytest.mark.parametrize("num_replicas", [1, 2])
+def test_a_skip_drops_the_start_of_this_ranks_share_in_the_next_pass_only(num_replicas):
+    """A run resumed inside an epoch: each rank skips the samples it had consumed of its own share."""
+    sampler = EpochKeyedSampler(SAMPLERS["shuffle"](), num_replicas=num_replicas, rank=num_replicas - 1)
+    sampler.set_epoch(1)
+    share = _positions(sampler)
+    sampler.skip_next(6)
+    assert _positions(sampler) == share[6:]
+    assert _positions(sampler) == share  # the next epoch starts from the beginning again
+    sampler.skip_next(6)
+    sampler.set_epoch(2)  # a skip belongs to the restored epoch only
+    assert len(_positions(sampler)) == len(share) and len(sampler) == len(share)
 
 
 # ---- evaluation under DDP: every sample exactly once -----------------------------------------------
@@ -142,6 +158,10 @@ def test_datamodule_loaders_use_the_seeded_and_sharded_samplers(tmp_path, monkey
 
     rank1 = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": 1})
     datamodule.trainer = rank1
+    datamodule._continue_restored_epoch = lambda sampler: None  # no fit loop to restore from here
+    train_sampler = datamodule.train_dataloader().sampler
+    assert (train_sampler.num_replicas, train_sampler.rank) == (2, 1)
+    assert len(train_sampler) == math.ceil(len(datamodule.datasets["train"]) / 2)
     test_loader = datamodule.test_dataloader()
     assert isinstance(test_loader.sampler, EvaluationShardSampler)
     assert list(test_loader.sampler) == list(range(1, len(datamodule.datasets["test"]), 2))

@@ -135,6 +135,13 @@ def test_wrong_type(capsys):
     assert line == "error: model.optimizer.lr: expected float, got 'fast'"
 
 
+def test_a_timm_argument_the_classifier_sets_itself_is_refused_in_model_kwargs(capsys):
+    line = _fails(capsys, ["fit", "--config", QUICKSTART, "--model.init_args.model_kwargs.drop_rate=0.5"])
+    assert line.endswith(
+        "model_kwargs.drop_rate: not a timm argument here; set model.init_args.drop_rate instead"
+    )
+
+
 def test_condensed_message_keeps_an_unknown_shape_readable():
     message = "Parser key \"x\":\n  Something odd happened\n  Given value type: <class 'str'>"
     assert condense_parse_error(message) == "x: Something odd happened"

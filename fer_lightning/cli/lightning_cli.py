@@ -33,7 +33,7 @@ from fer_lightning.callbacks import (
     ValidationCheckpoint,
 )
 from fer_lightning.callbacks.inference_metadata import InferenceMetadata
-from fer_lightning.callbacks.random_state import EpochSeededRandomState
+from fer_lightning.callbacks.random_state import StepSeededRandomState
 from fer_lightning.cli import EXTRA_COMMANDS_HELP, debugging, run_folders
 from fer_lightning.cli.parse_errors import class_init_options, condense_parse_error
 from fer_lightning.data import FERDataModule
@@ -460,7 +460,7 @@ def trainer_defaults(selection_metric: str = SELECTION_METRIC) -> dict:
             ConfusionMatrixPlot(monitor=selection_metric, mode=mode),
             TrainingCurvesPlot(),
             InterruptCheckpoint(),
-            EpochSeededRandomState(),
+            StepSeededRandomState(),
             # Per-device, global and CBA batch sizes: a few scalars per step, no communication.
             BatchSizeLog(),
             # What `fer-lightning predict` needs to use a checkpoint without its config.

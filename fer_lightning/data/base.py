@@ -688,7 +688,9 @@ class FERDataModule(L.LightningDataModule):
         workers = self.hparams.num_workers
         # Training yields SampleKeys (index, epoch), which fix each sample's augmentation (data/resumable.py).
         sampler = (
-            EpochKeyedSampler(self._train_sampler(dataset)) if train else self._evaluation_sampler(dataset)
+            EpochKeyedSampler(self._train_sampler(dataset), **self._shard())
+            if train
+            else self._evaluation_sampler(dataset)
         )
         return DataLoader(
             dataset,
@@ -708,19 +710,25 @@ class FERDataModule(L.LightningDataModule):
     def _train_sampler(self, dataset: FERImageDataset) -> Sampler:
         """This epoch's order, a function of (seed_everything's seed, epoch) only (see data/samplers.py).
 
-        Under DDP Lightning shards it across ranks (``DistributedSamplerWrapper``) and passes
-        ``set_epoch`` on to it.
+        Every DDP rank computes the same order; ``EpochKeyedSampler`` gives each its share of it.
         """
         if self.hparams.sampler == "imbalanced":
             return ImbalancedDatasetSampler(dataset.table.labels, seed=run_seed())
         return EpochShuffleSampler(dataset, seed=run_seed())
 
+    def _shard(self) -> dict[str, int]:
+        """This process's ``num_replicas`` and ``rank`` (1 and 0 without DDP)."""
+        shard = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if not shard:
+            return {"num_replicas": 1, "rank": 0}
+        return {"num_replicas": shard["num_replicas"], "rank": shard["rank"]}
+
     def _evaluation_sampler(self, dataset: FERImageDataset) -> Sampler | None:
         """Under DDP, each rank's share of the split with every sample exactly once; else in order."""
-        shard = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
-        if not shard or shard["num_replicas"] <= 1:
+        shard = self._shard()
+        if shard["num_replicas"] <= 1:
             return None
-        return EvaluationShardSampler(dataset, num_replicas=shard["num_replicas"], rank=shard["rank"])
+        return EvaluationShardSampler(dataset, **shard)
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader("train", train=True)
@@ -734,8 +742,8 @@ class FERDataModule(L.LightningDataModule):
         (with workers, the first indices are drawn right then), so the epoch is set here from the
         restored progress. A checkpoint written inside an epoch (``processed`` one behind ``started``)
         leaves ``batch_progress.current.processed`` batches of it consumed; Lightning runs only the
-        remaining batches but from a fresh iterator, so the sampler skips what was consumed. Under DDP
-        the order is sharded after this sampler, so the skip is left out there (Lightning warns).
+        remaining batches but from a fresh iterator, so the sampler skips what was consumed (under DDP,
+        of this process's share).
         """
         trainer = self.trainer
         if trainer is None or not isinstance(sampler, EpochKeyedSampler):
@@ -743,7 +751,7 @@ class FERDataModule(L.LightningDataModule):
         epochs = trainer.fit_loop.epoch_progress.current
         sampler.set_epoch(epochs.processed)
         consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if epochs.started == epochs.processed + 1 and consumed > 0 and trainer.world_size == 1:
+        if epochs.started == epochs.processed + 1 and consumed > 0:
             sampler.skip_next(consumed * self.hparams.batch_size)
             warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
 

@@ -8,18 +8,19 @@ would have. Reseeding costs a few microseconds per sample (a ``SeedSequence`` ha
 constructions), next to the hundreds a decode and the augmentation take.
 
 :class:`EpochKeyedSampler` wraps the training sampler (whose order is itself a function of seed and
-epoch): it hands the dataset :class:`SampleKey` s, and after a mid-epoch restore it skips the samples
-that the interrupted epoch had already consumed.
+epoch): it hands the dataset :class:`SampleKey` s, shards the order under DDP, and after a mid-epoch
+restore it skips the samples that the interrupted epoch had already consumed on this process.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 class SampleKey(NamedTuple):
@@ -35,17 +36,26 @@ def sample_generators(seed: int, epoch: int, index: int) -> tuple[np.random.Gene
     return np.random.default_rng(int(numpy_state)), random.Random(int(python_state))
 
 
-class EpochKeyedSampler(Sampler[SampleKey]):
-    """Yield ``SampleKey(index, epoch)`` for the indices of ``sampler``, in its order.
+class EpochKeyedSampler(DistributedSampler):
+    """Yield ``SampleKey(index, epoch)`` for this process's share of ``sampler``'s order.
 
-    ``set_epoch`` is forwarded to the wrapped sampler (Lightning calls it each epoch, also through its
-    DDP wrapper). :meth:`skip_next` drops the first ``n`` positions of the next pass only: a run
-    resumed from a checkpoint written ``n`` samples into an epoch continues with the samples that epoch
-    had left. The length stays that of the full epoch, which is what Lightning's progress counting
-    after a mid-epoch restore expects.
+    ``set_epoch`` is forwarded to the wrapped sampler (Lightning's fit loop calls it each epoch).
+
+    Under DDP (``num_replicas`` > 1) it shards the order itself: process ``rank`` takes positions
+    ``rank, rank + R, rank + 2R, …`` of the epoch's order, padded (by repeating its start) to a multiple
+    of ``R`` so that every process runs as many batches. Being a ``DistributedSampler``, it is left in
+    place by Lightning, which would otherwise put its own sharding around it; sharding here is what lets
+    a resumed run skip the right samples on every process.
+
+    :meth:`skip_next` drops the first ``n`` positions of this process's share in the next pass only: a
+    run resumed from a checkpoint written ``n`` samples into an epoch continues with the samples that
+    epoch had left. The length stays that of the full share, which is what Lightning's progress
+    counting after a mid-epoch restore expects.
     """
 
-    def __init__(self, sampler: Sampler[int]) -> None:
+    def __init__(self, sampler: Sampler[int], num_replicas: int = 1, rank: int = 0) -> None:
+        # As in Lightning's own DDP sharding: ceil(N / R) positions per process, the last ones padded.
+        super().__init__(sampler, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
         self.sampler = sampler
         self.epoch = 0
         self._skip = 0
@@ -60,12 +70,14 @@ class EpochKeyedSampler(Sampler[SampleKey]):
     def skip_next(self, num_samples: int) -> None:
         self._skip = max(0, int(num_samples))
 
-    def __len__(self) -> int:
-        return len(self.sampler)
-
     def __iter__(self) -> Iterator[SampleKey]:
         skip, self._skip = self._skip, 0
         epoch = self.epoch
-        for position, index in enumerate(self.sampler):
-            if position >= skip:
-                yield SampleKey(int(index), epoch)
+        order = [int(index) for index in self.sampler]
+        if self.num_replicas > 1:
+            padding = self.total_size - len(order)
+            if padding:
+                order += (order * math.ceil(padding / len(order)))[:padding]
+            order = order[self.rank : self.total_size : self.num_replicas]
+        for index in order[skip:]:
+            yield SampleKey(index, epoch)

@@ -2,10 +2,9 @@
 
 Training orders are a function of ``(seed, epoch)`` only, never of the global RNG, for two reasons: a
 run resumed at epoch ``e`` sees the order it would have seen, and every DDP rank computes the *same*
-order, so that Lightning's sharding (``DistributedSamplerWrapper``, which it puts around any sampler
-that is not already a ``DistributedSampler``) hands each rank a disjoint part of it. Lightning forwards
-``set_epoch`` through that wrapper to our sampler; without DDP its fit loop calls ``set_epoch`` on the
-loader's sampler directly.
+order, of which :class:`~fer_lightning.data.resumable.EpochKeyedSampler` (around these samplers in
+the training loader) hands each rank a disjoint share. Lightning's fit loop calls ``set_epoch`` on the
+loader's sampler, which forwards it here.
 
 Evaluation under DDP uses :class:`EvaluationShardSampler`: each sample exactly once over all ranks,
 where Lightning's default ``DistributedSampler`` would repeat samples to make the shards even.
@@ -46,8 +45,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 class EpochSeededSampler(Sampler[int]):
     """``num_samples`` indices per epoch, drawn by :meth:`draw` from a generator keyed on ``(seed, epoch)``.
 
-    Call :meth:`set_epoch` before each epoch (Lightning's fit loop does; under DDP its
-    ``DistributedSamplerWrapper`` forwards the call).
+    Call :meth:`set_epoch` before each epoch (Lightning's fit loop does, through ``EpochKeyedSampler``).
     """
 
     def __init__(self, num_samples: int, seed: int) -> None:
@@ -73,8 +71,8 @@ class EpochShuffleSampler(EpochSeededSampler):
     """A permutation of ``range(num_samples)`` that depends on ``(seed, epoch)`` only.
 
     Replaces ``DataLoader(shuffle=True)``, whose ``RandomSampler`` draws from the global RNG (so a
-    resumed run, or another rank, would see another order). Under DDP Lightning wraps this sampler in
-    ``DistributedSamplerWrapper``, which gives each rank a disjoint share of the permutation.
+    resumed run, or another rank, would see another order). Under DDP each rank takes a disjoint share
+    of the permutation (``EpochKeyedSampler``).
 
     Args:
         data_source: anything with ``len()`` (the dataset).
@@ -94,8 +92,7 @@ class ImbalancedDatasetSampler(EpochSeededSampler):
     POSTER++ and BTN train AffectNet with ``torchsampler.ImbalancedDatasetSampler``; this is our own
     version of that rule without its defects: it takes the labels the datamodule already holds instead
     of re-reading the dataset, and the draw of each epoch depends on ``(seed, epoch)`` only, so every DDP
-    rank draws the *same* list and Lightning's ``DistributedSamplerWrapper`` (which forwards
-    :meth:`set_epoch`) hands each rank a disjoint share of it.
+    rank draws the *same* list and takes a disjoint share of it (``EpochKeyedSampler``).
 
     Args:
         labels: the class id of every sample, in dataset order.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fer_lightning.errors import ConfigurationError
 from fer_lightning.models.base import FERClassifier
 
 
@@ -26,6 +27,16 @@ class TimmClassifier(FERClassifier):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        for name in ("num_classes", "pretrained", "drop_rate"):
+            if name in (model_kwargs or {}):
+                hint = (
+                    "the number of classes comes from the data"
+                    if name == "num_classes"
+                    else f"set model.init_args.{name} instead"
+                )
+                raise ConfigurationError(
+                    f"model.init_args.model_kwargs.{name}: not a timm argument here; {hint}"
+                )
         # Imported here: timm (and the wandb it imports) cost every CLI start, --help included.
         import timm
 
