@@ -7,6 +7,7 @@ import random
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from cli_helpers import EXPERIMENTS, quickstart_args, write_tiny_rafdb
 
 from fer_lightning.callbacks.random_state import StepSeededRandomState
 from fer_lightning.cli import main
+from fer_lightning.data import RAFDBDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,6 +120,44 @@ def test_global_generators_are_a_function_of_epoch_rank_and_batch(monkeypatch):
     assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
     for other in (draw(1, 1, 7), draw(1, 0, 8), draw(2, 0, 7)):
         assert not torch.equal(first[0], other[0]) and first[1] != other[1] and first[2] != other[2]
+
+
+def _restored_mid_epoch(root, written_by: dict | None, rank: int):
+    """A datamodule as Lightning leaves it after restoring a checkpoint written 5 batches into epoch 0,
+    on process ``rank`` of 2 with batch 4; ``written_by`` is the checkpoint's datamodule state."""
+    datamodule = RAFDBDataModule(root=str(root), batch_size=4, num_workers=0, img_size=32)
+    datamodule.setup()
+    progress = SimpleNamespace(
+        epoch_progress=SimpleNamespace(current=SimpleNamespace(started=1, processed=0)),
+        epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=SimpleNamespace(processed=5))),
+    )
+    datamodule.trainer = SimpleNamespace(
+        distributed_sampler_kwargs={"num_replicas": 2, "rank": rank}, fit_loop=progress
+    )
+    if written_by is not None:
+        datamodule.load_state_dict(written_by)
+    return datamodule
+
+
+@pytest.mark.parametrize(
+    ("written_by", "trained_on"),
+    [(None, 20), ({"processes": 2, "batch_size": 4}, 20), ({"processes": 1, "batch_size": 4}, 10)],
+    ids=["no_layout_saved", "same_layout", "one_process"],
+)
+def test_a_restored_epoch_skips_what_was_trained_on_in_the_layout_the_checkpoint_was_written_in(
+    tiny_rafdb, written_by, trained_on
+):
+    """5 batches of 4 on each of 2 processes trained on 20 samples of each share; 5 batches of 4 on one
+    process trained on the first 20 of the order, 10 of each share of 2 (and that resume warns)."""
+    share = [
+        key.index for key in _restored_mid_epoch(tiny_rafdb, None, rank=0)._loader("train", True).sampler
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = _restored_mid_epoch(tiny_rafdb, written_by, rank=0).train_dataloader().sampler
+        assert [key.index for key in resumed] == share[trained_on:]
+    other_layout = [w for w in caught if "resuming inside epoch 0" in str(w.message)]
+    assert len(other_layout) == (written_by == {"processes": 1, "batch_size": 4})
 
 
 def _fit_ddp(root, save_dir, *extra):

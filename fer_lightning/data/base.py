@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -392,6 +393,8 @@ class FERDataModule(L.LightningDataModule):
         #: Indices into the training table of the labels ``label_noise`` flipped (set at setup).
         self.flipped_train_indices = np.zeros(0, dtype=np.int64)
         self._reported_load_failures = 0
+        # (processes, batch size) of a restored checkpoint's training: how its consumed batches map to samples.
+        self._restored_layout: tuple[int, int] | None = None
         #: How :class:`~fer_lightning.data.io.FaceCrop` sources are cut; datasets with face boxes configure it.
         self.face_cropper = FaceCropper()
 
@@ -751,9 +754,34 @@ class FERDataModule(L.LightningDataModule):
         epochs = trainer.fit_loop.epoch_progress.current
         sampler.set_epoch(epochs.processed)
         consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if epochs.started == epochs.processed + 1 and consumed > 0:
+        if not (epochs.started == epochs.processed + 1 and consumed > 0):
+            return
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
+        layout = (sampler.num_replicas, self.hparams.batch_size)
+        written_by = self._restored_layout or layout
+        if written_by == layout:
             sampler.skip_next(consumed * self.hparams.batch_size)
-            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
+            return
+        # The first `trained` positions of the epoch's order were trained on, whatever the layout was.
+        trained = consumed * written_by[0] * written_by[1]
+        sampler.skip_next(math.ceil(max(0, trained - sampler.rank) / sampler.num_replicas))
+        if sampler.rank == 0:
+            warnings.warn(
+                f"resuming inside epoch {epochs.processed} with {layout[0]} process(es) × batch {layout[1]}; "
+                f"the checkpoint was written by {written_by[0]} × {written_by[1]}. The {trained} samples of "
+                "that epoch already trained on are skipped, but the epoch's remaining batches are counted "
+                "in the old layout, so some of its samples may be left out; later epochs are unaffected",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def state_dict(self) -> dict[str, int]:
+        """The training layout, for a checkpoint written inside an epoch to be resumed in another one."""
+        return {"processes": self._shard()["num_replicas"], "batch_size": self.hparams.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if "processes" in state_dict and "batch_size" in state_dict:
+            self._restored_layout = (int(state_dict["processes"]), int(state_dict["batch_size"]))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
