@@ -285,11 +285,12 @@ def test_sam_takes_the_trainers_gradient_clipping_through_the_cli(tiny_rafdb, tm
     assert cli.trainer.gradient_clip_val is None
 
 
-def _fit_subprocess(root, save_dir, marker, *extra, **pause):
+def _fit_subprocess(root, save_dir, marker, *extra, workers=0, **pause):
     pause = {"class_path": "interrupt_helpers.PauseAfterBatch", "init_args": {"marker": str(marker), **pause}}
     args = _fit_args(
         root,
         save_dir,
+        f"--data.num_workers={workers}",
         "--trainer.max_epochs=2",
         "--trainer.limit_train_batches=6",
         "--trainer.num_sanity_val_steps=0",
@@ -307,21 +308,24 @@ def _fit_subprocess(root, save_dir, marker, *extra, **pause):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, which a test may signal as a whole
     )
 
 
 def _signal_when_paused(process, marker, signal_number, to_ranks="all") -> str:
     """Wait for ``marker``, send the signal (under DDP to ``to_ranks``: "all", or "1" for the second
-    process alone), and return the run's stderr once it ended; fail if it did not end within 2 minutes
-    (a hang under DDP)."""
+    process alone; "group": to the run's whole process group, DataLoader workers included, as a
+    cluster's time limit or a terminal's Ctrl-C does), and return the run's stderr once it ended; fail
+    if it did not end within 2 minutes (a hang under DDP)."""
     try:
         deadline = time.monotonic() + 240
         while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert marker.exists(), process.communicate()[1][-3000:]
         others = child_processes(process.pid)
-        receivers = [process.pid, *others] if to_ranks == "all" else others
-        for pid in receivers:
+        if to_ranks == "group":
+            os.killpg(process.pid, signal_number)
+        for pid in {"all": [process.pid, *others], "1": others}.get(to_ranks, []):
             os.kill(pid, signal_number)
         try:
             return process.communicate(timeout=120)[1]
@@ -348,14 +352,21 @@ def _trained_when_saved(checkpoint) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize(
-    "signal_number",
-    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],  # Ctrl-C takes the same path
-    ids=["SIGTERM", "SIGINT"],
+    ("signal_number", "to", "workers"),
+    [
+        (signal.SIGTERM, "all", 0),
+        # A cluster's time limit signals the DataLoader workers too (they must not take the run down).
+        (signal.SIGTERM, "group", 2),
+        pytest.param(signal.SIGINT, "group", 2, marks=pytest.mark.slow),  # Ctrl-C takes the same path
+    ],
+    ids=["SIGTERM", "SIGTERM-to-the-group-with-workers", "SIGINT-to-the-group-with-workers"],
 )
-def test_a_signal_mid_epoch_leaves_a_checkpoint_to_resume_from(tiny_rafdb, tmp_path, signal_number):
+def test_a_signal_mid_epoch_leaves_a_checkpoint_to_resume_from(
+    tiny_rafdb, tmp_path, signal_number, to, workers
+):
     marker = tmp_path / "paused"
-    process = _fit_subprocess(tiny_rafdb, tmp_path / "runs", marker)
-    stderr = _signal_when_paused(process, marker, signal_number)
+    process = _fit_subprocess(tiny_rafdb, tmp_path / "runs", marker, workers=workers)
+    stderr = _signal_when_paused(process, marker, signal_number, to)
     assert process.returncode == 128 + signal_number, stderr[-3000:]
     config, checkpoint = _interrupt_line(stderr, epoch=1)
     assert checkpoint.name == "last.ckpt"
@@ -363,7 +374,7 @@ def test_a_signal_mid_epoch_leaves_a_checkpoint_to_resume_from(tiny_rafdb, tmp_p
     interrupted_step = torch.load(checkpoint, weights_only=False)["global_step"]
     assert interrupted_step > torch.load(epoch_end, weights_only=False)["global_step"]
     assert interrupted_step >= int(marker.read_text())  # the step running when the signal came completed
-    if signal_number == signal.SIGTERM:  # the resume command it printed works
+    if (signal_number, workers) == (signal.SIGTERM, 0):  # the resume command it printed works
         cli = run_cli(
             ["fit", "--config", config, "--ckpt_path", str(checkpoint), "--trainer.enable_progress_bar=false"]
         )
