@@ -10,31 +10,42 @@ from lightning.pytorch import Callback
 
 
 class PauseAfterBatch(Callback):
-    """After batch ``batch`` of epoch ``epoch``, write ``marker`` (the test then sends its signal) and slow
-    every later batch by ``seconds``, so the signal arrives while the epoch still has batches left. With
-    ``validation`` the batch is a validation batch, and that batch is slowed too (validation may have no
-    batch left after it)."""
+    """After batch ``batch`` of epoch ``epoch`` (a validation batch with ``validation``; with
+    ``epoch_end``, when training epoch ``epoch`` ends instead), write ``marker`` (the test then sends its
+    signal), wait ``hold`` seconds, and slow every later batch of that kind by ``seconds``, so the signal
+    arrives while the epoch (or validation) still has batches left. Added with ``callbacks+=``, this
+    callback's batch hooks run before the CLI's own."""
 
     def __init__(
-        self, marker: str, epoch: int = 1, batch: int = 1, seconds: float = 0.5, validation: bool = False
+        self,
+        marker: str,
+        epoch: int = 1,
+        batch: int = 1,
+        seconds: float = 0.5,
+        validation: bool = False,
+        hold: float = 0.0,
+        epoch_end: bool = False,
     ) -> None:
         self.marker, self.epoch, self.batch, self.seconds = Path(marker), epoch, batch, seconds
-        self.validation = validation
+        self.validation, self.hold, self.epoch_end = validation, hold, epoch_end
         self.paused = False
 
     def _after_batch(self, trainer, batch_idx) -> None:
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch) and not self.paused:
+        if self.paused:
+            time.sleep(self.seconds)
+        elif (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             if trainer.is_global_zero:
                 self.marker.write_text(str(trainer.global_step))
             self.paused = True
-            if not self.validation:
-                return
-        if self.paused:
-            time.sleep(self.seconds)
+            time.sleep(self.hold)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.validation:
+        if not (self.validation or self.epoch_end):
             self._after_batch(trainer, batch_idx)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.epoch_end:
+            self._after_batch(trainer, self.batch)
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0

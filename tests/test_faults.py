@@ -394,10 +394,27 @@ def test_a_signal_inside_an_accumulation_window_stops_at_its_end(tiny_rafdb, tmp
     assert _trained_when_saved(checkpoint) == (3 + 2, 6)  # epoch 0's 3 steps, then 2 windows of epoch 1
 
 
+@pytest.mark.parametrize(
+    "validation", [pytest.param("1.0", marks=pytest.mark.slow), "0"], ids=["then_validation", "no_validation"]
+)
+def test_a_signal_after_the_last_training_step_of_the_run_still_stops_it(tiny_rafdb, tmp_path, validation):
+    """The signal lands when the last training epoch ends, after its last step (and validation): the run
+    does not finish as if nothing had come (exit 0, going on to test); it stops when training ends."""
+    marker = tmp_path / "paused"
+    limit = f"--trainer.limit_val_batches={validation}"
+    process = _fit_subprocess(tiny_rafdb, tmp_path / "runs", marker, limit, epoch_end=True, hold=1.0)
+    stderr = _signal_when_paused(process, marker, signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    _, checkpoint = _interrupt_line(stderr, epoch=2)
+    assert _trained_when_saved(checkpoint)[0] == int(marker.read_text()) == 2 * 6
+
+
 DDP_2_CPU = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 
 
-@pytest.mark.parametrize("to_ranks", ["all", "1"], ids=["every_rank", "second_rank_only"])
+@pytest.mark.parametrize(
+    "to_ranks", ["all", pytest.param("1", marks=pytest.mark.slow)], ids=["every_rank", "second_rank_only"]
+)
 def test_sigterm_under_ddp_stops_every_rank_after_the_same_step(tiny_rafdb, tmp_path, to_ranks):
     """A cluster's time limit signals every process, each at its own point of the step; ``kill`` may
     reach one process only. Either way the ranks agree, stop after one common step and write one
@@ -420,7 +437,14 @@ def test_sigterm_during_validation_under_ddp_stops_every_rank_when_it_ends(tiny_
     validation runs to its end on every rank, then they stop together before training on."""
     marker = tmp_path / "paused"
     process = _fit_subprocess(
-        tiny_rafdb, tmp_path / "runs", marker, *DDP_2_CPU, "--trainer.max_epochs=3", batch=0, validation=True
+        tiny_rafdb,
+        tmp_path / "runs",
+        marker,
+        *DDP_2_CPU,
+        "--trainer.max_epochs=3",
+        batch=0,
+        validation=True,
+        hold=1.0,
     )
     stderr = _signal_when_paused(process, marker, signal.SIGTERM)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]

@@ -55,7 +55,14 @@ class InterruptCheckpoint(Callback):
         self._install(trainer)  # when there is no sanity check
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A signal that came after the last step's check (in its callbacks, at the epoch's end) still
+        # stops the run here, instead of letting it go on (to `--test_after_fit`) and end with status 0.
+        agreed = None if self._saved or not self._previous_handlers else self._agreed_signal(trainer)
         self._restore_handlers()
+        if agreed is not None:
+            self.signal_number = agreed
+            self._save(trainer)
+            raise SIGTERMException
 
     def _install(self, trainer: Trainer) -> None:
         # Lightning installs its SIGTERM handler just before the sanity check; ours replace it from here.
@@ -172,5 +179,6 @@ def _save_latest(trainer: Trainer) -> str | None:
 
 def _inside_accumulation_window(trainer: Trainer, batch_idx: int) -> bool:
     """Whether this batch's gradients wait for the next batch's (a checkpoint here would lose them)."""
+    # Lightning steps at the end of a window and at the epoch's last batch (limit_train_batches included).
     window_ends = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-    return not (window_ends or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+    return not (window_ends or batch_idx + 1 == trainer.num_training_batches)
