@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import math
 import os
-import signal
 import tempfile
 import warnings
 from collections import Counter
@@ -289,12 +288,6 @@ def augmentation_seed(*keys: int) -> int:
 
 
 def _worker_init(_: int) -> None:
-    # A cluster's time limit (SLURM), `kill -- -PGID` and Ctrl-C signal every process of the run,
-    # workers included. Left to PyTorch, a worker dies of SIGTERM and takes the run down with it before
-    # the main process has finished its step and saved; the main process decides when to stop and
-    # then shuts its workers down itself (an orphaned worker notices its parent is gone and exits).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # OpenCV's own thread pool inside each DataLoader worker oversubscribes the cores.
     cv2.setNumThreads(0)
     # Every worker starts with a copy of the main process's augmentation generator; without a reseed all
