@@ -97,7 +97,7 @@ class InterruptCheckpoint(Callback):
             print(f"\n{rank}{what}: stopping {when}{again}", file=sys.stderr)
         except RuntimeError:  # the signal came while the main code was writing to stderr
             pass
-        if trainer.world_size == 1 and (trainer.validating or trainer.sanity_checking):
+        if trainer.world_size == 1 and validating:
             # Alone, the process can let Lightning cut a running validation short.
             trainer._signal_connector.received_sigterm = True
 

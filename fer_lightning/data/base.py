@@ -759,13 +759,11 @@ class FERDataModule(L.LightningDataModule):
         warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
         layout = (sampler.num_replicas, self.hparams.batch_size)
         written_by = self._restored_layout or layout
-        if written_by == layout:
-            sampler.skip_next(consumed * self.hparams.batch_size)
-            return
-        # The first `trained` positions of the epoch's order were trained on, whatever the layout was.
+        # The first `trained` positions of the epoch's order were trained on, whatever the layout was;
+        # in the same layout this is `consumed` batches of this process's share.
         trained = consumed * written_by[0] * written_by[1]
         sampler.skip_next(math.ceil(max(0, trained - sampler.rank) / sampler.num_replicas))
-        if sampler.rank == 0:
+        if written_by != layout and sampler.rank == 0:
             warnings.warn(
                 f"resuming inside epoch {epochs.processed} with {layout[0]} process(es) × batch {layout[1]}; "
                 f"the checkpoint was written by {written_by[0]} × {written_by[1]}. The {trained} samples of "
