@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fer_lightning.callbacks import ValidationCheckpoint
 from fer_lightning.cli import main
+from fer_lightning.data.base import _worker_init
 from fer_lightning.errors import NonFiniteLossError
 from fer_lightning.models.base import FERClassifier
 
@@ -355,10 +356,12 @@ def _trained_when_saved(checkpoint) -> tuple[int, int]:
     ("signal_number", "to", "workers"),
     [
         (signal.SIGTERM, "all", 0),
-        # A terminal's Ctrl-C signals the DataLoader workers too; PyTorch's workers end quietly on it.
+        # A cluster's time limit and `kill -- -PGID` signal the DataLoader workers too.
+        (signal.SIGTERM, "group", 2),
+        # A terminal's Ctrl-C does the same.
         pytest.param(signal.SIGINT, "group", 2, marks=pytest.mark.slow),
     ],
-    ids=["SIGTERM", "SIGINT-to-the-group-with-workers"],
+    ids=["SIGTERM", "SIGTERM-to-the-group-with-workers", "SIGINT-to-the-group-with-workers"],
 )
 def test_a_signal_mid_epoch_leaves_a_checkpoint_to_resume_from(
     tiny_rafdb, tmp_path, signal_number, to, workers
@@ -378,6 +381,44 @@ def test_a_signal_mid_epoch_leaves_a_checkpoint_to_resume_from(
             ["fit", "--config", config, "--ckpt_path", str(checkpoint), "--trainer.enable_progress_bar=false"]
         )
         assert cli.trainer.global_step == 2 * 6  # the rest of epoch 1 and epoch 2: no batch lost or repeated
+
+
+class _WorkerPids(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, index):
+        return os.getpid()
+
+
+def test_a_dataloader_worker_outlives_signals_from_elsewhere_and_ends_on_its_parents_sigterm():
+    """A SIGTERM to the process group reaches the workers too: they keep serving batches while the main
+    process finishes its step and saves. Their parent's SIGTERM (the DataLoader's shutdown) ends them."""
+    batches = iter(DataLoader(_WorkerPids(), batch_size=None, num_workers=1, worker_init_fn=_worker_init))
+    pid = next(batches)
+    for name in ("TERM", "INT"):  # sent by another process
+        subprocess.run(["kill", f"-{name}", str(pid)], check=True)
+    time.sleep(0.5)
+    assert [next(batches) for _ in range(3)] == [pid] * 3
+    [worker] = batches._workers
+    worker.terminate()
+    worker.join(timeout=10)
+    assert worker.exitcode == 0
+
+
+def test_a_process_leaving_dataloader_workers_alive_still_exits():
+    """multiprocessing's exit handler SIGTERMs the workers still alive and waits for them: a worker that
+    ignored every SIGTERM would hang the process there."""
+    script = (
+        "import torch.utils.data as data\n"
+        "from fer_lightning.data.base import _worker_init\n"
+        "batches = iter(data.DataLoader(range(100), num_workers=2, persistent_workers=True, worker_init_fn=_worker_init))\n"
+        "next(batches)\n"
+    )
+    try:
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process hung at exit")
 
 
 def test_a_signal_inside_an_accumulation_window_stops_at_its_end(tiny_rafdb, tmp_path):

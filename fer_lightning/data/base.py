@@ -23,7 +23,9 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -287,7 +289,33 @@ def augmentation_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
+def _leave_stopping_to_the_main_process() -> None:
+    """Make this DataLoader worker outlive the signals sent to the run's whole process group.
+
+    A cluster's time limit, ``kill -- -PGID`` and a terminal's Ctrl-C signal every process of the
+    group, workers included. PyTorch's worker dies of a SIGTERM and ends on a SIGINT, so the main
+    process could lose its data before it has finished its step and saved. The parent's own SIGTERM
+    must still end the worker at once: the DataLoader's shutdown and multiprocessing's exit handler
+    terminate workers with it and then wait for them (ignoring SIGTERM outright hangs the run at exit).
+    A Python handler cannot see who sent a signal, so SIGTERM is blocked here, before any other thread
+    of the worker starts (threads inherit the mask), and one thread takes it with ``sigwaitinfo``,
+    which names the sender.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # nothing in PyTorch sends it to a worker
+    if not hasattr(signal, "sigwaitinfo"):  # macOS and Windows: PyTorch's SIGTERM handling stays
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait_for_the_parents_sigterm() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != os.getppid():
+            pass
+        os._exit(0)  # what PyTorch's own handler does on the parent's SIGTERM
+
+    threading.Thread(target=wait_for_the_parents_sigterm, name="sigterm-from-parent", daemon=True).start()
+
+
 def _worker_init(_: int) -> None:
+    _leave_stopping_to_the_main_process()
     # OpenCV's own thread pool inside each DataLoader worker oversubscribes the cores.
     cv2.setNumThreads(0)
     # Every worker starts with a copy of the main process's augmentation generator; without a reseed all
