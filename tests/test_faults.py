@@ -286,7 +286,7 @@ def test_sam_takes_the_trainers_gradient_clipping_through_the_cli(tiny_rafdb, tm
     assert cli.trainer.gradient_clip_val is None
 
 
-def _fit_subprocess(root, save_dir, marker, *extra, workers=0, **pause):
+def _fit_subprocess(root, save_dir, marker, *extra, workers=0, environment=None, **pause):
     pause = {"class_path": "interrupt_helpers.PauseAfterBatch", "init_args": {"marker": str(marker), **pause}}
     args = _fit_args(
         root,
@@ -302,6 +302,7 @@ def _fit_subprocess(root, save_dir, marker, *extra, workers=0, **pause):
         os.environ,
         PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
         OMP_NUM_THREADS="1",
+        **(environment or {}),
     )
     return subprocess.Popen(
         [sys.executable, "-m", "fer_lightning.cli", *args],
@@ -418,6 +419,33 @@ def test_a_process_leaving_dataloader_workers_alive_still_exits():
         subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("the process hung at exit")
+
+
+def test_slurms_requeue_signal_stops_after_the_step_without_requeueing(tiny_rafdb, tmp_path):
+    """``sbatch --signal=USR1@…`` asks Lightning to save from inside its signal handler and requeue the
+    job (whose rerun would start a new run). The CLI treats it as a SIGTERM: checkpoint after the step,
+    the resume command, no requeue."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    scontrol = fake_bin / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol_calls"}\n')
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "fer", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0"}
+    slurm |= {
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
+    }
+    marker = tmp_path / "paused"
+    process = _fit_subprocess(tiny_rafdb, tmp_path / "runs", marker, environment=slurm)
+    stderr = _signal_when_paused(process, marker, signal.SIGUSR1)
+    assert process.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
+    assert (
+        "SLURM's requeue signal (SIGUSR1; the job is not requeued): stopping after the current step" in stderr
+    )
+    _, checkpoint = _interrupt_line(stderr, epoch=1)
+    assert _trained_when_saved(checkpoint)[0] >= int(marker.read_text())
+    assert not list(tmp_path.rglob("hpc_ckpt_*.ckpt")) and not (tmp_path / "scontrol_calls").exists()
 
 
 def test_a_signal_inside_an_accumulation_window_stops_at_its_end(tiny_rafdb, tmp_path):

@@ -8,6 +8,7 @@ import sys
 import threading
 
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -37,6 +38,12 @@ class InterruptCheckpoint(Callback):
     a model with non-finite weights is never saved. A second Ctrl-C interrupts at once, without a
     checkpoint. The process exits with status 128 + the signal number (143 for SIGTERM, 130 for
     Ctrl-C), as a shell reports a process a signal ended.
+
+    Under SLURM, Lightning's auto-requeue signal (SIGUSR1, sent by ``sbatch --signal=USR1@…``) is
+    handled the same way. Lightning's own handler saves from inside the signal handler, in the middle
+    of a step (with a collective under DDP), and requeues the job, whose rerun of the same command
+    would start a new run rather than continue this one; here the run stops with ``last.ckpt`` and the
+    command that resumes it, and is not requeued.
     """
 
     def __init__(self) -> None:
@@ -70,7 +77,7 @@ class InterruptCheckpoint(Callback):
             return
         self.signal_number, self.checkpoint_path, self._saved = None, None, False
         self._trainer = trainer
-        for signum in _HANDLED_SIGNALS:
+        for signum in (*_HANDLED_SIGNALS, *_slurm_requeue_signal(trainer)):
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _restore_handlers(self) -> None:
@@ -89,6 +96,8 @@ class InterruptCheckpoint(Callback):
         self.signal_number = signum
         trainer = self._trainer
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if signum in _slurm_requeue_signal(trainer):
+            what = f"SLURM's requeue signal ({what}; the job is not requeued)"
         rank = f"[rank {trainer.global_rank}] " if trainer.world_size > 1 else ""
         again = " (press again to stop at once)" if signum == signal.SIGINT else ""
         validating = trainer.validating or trainer.sanity_checking
@@ -175,6 +184,14 @@ def _save_latest(trainer: Trainer) -> str | None:
     path = os.path.join(folder or trainer.default_root_dir, "last.ckpt")
     trainer.save_checkpoint(path)
     return path
+
+
+def _slurm_requeue_signal(trainer: Trainer) -> tuple[int, ...]:
+    """The signal Lightning would requeue a SLURM job on, if it would."""
+    environment = trainer._accelerator_connector.cluster_environment
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal:
+        return (environment.requeue_signal,)
+    return ()
 
 
 def _inside_accumulation_window(trainer: Trainer, batch_idx: int) -> bool:
