@@ -1,4 +1,4 @@
-"""A callback the SIGTERM/Ctrl-C tests add to a ``fit`` subprocess so the signal lands mid-epoch."""
+"""Callbacks the fault tests add to a ``fit`` subprocess: a pause so a signal lands mid-epoch, a failure on one rank."""
 
 from __future__ import annotations
 
@@ -66,3 +66,18 @@ def child_processes(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 children.append(int(entry))
     return children
+
+
+class FailOnRank(Callback):
+    """Raise a user error (one line) on process ``rank`` alone, before its training batch ``batch``."""
+
+    def __init__(self, rank: int = 1, batch: int = 2) -> None:
+        self.rank, self.batch = rank, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        from fer_lightning.errors import DatasetNotFoundError
+
+        if trainer.global_rank == self.rank and batch_idx == self.batch:
+            raise DatasetNotFoundError(
+                f"image not found: /data/faces/{batch_idx}.jpg (only rank {self.rank} met it)"
+            )

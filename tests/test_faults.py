@@ -499,6 +499,29 @@ def test_sigterm_under_ddp_stops_every_rank_after_the_same_step(tiny_rafdb, tmp_
     assert _trained_when_saved(epoch_end)[0] < int(marker.read_text()) <= step
 
 
+@pytest.mark.slow
+def test_an_error_on_one_rank_ends_every_rank_and_the_others_say_whose_it_is(tiny_rafdb, tmp_path):
+    """The rank that met the error prints it in one line; the other, whose next collective lost its
+    peer, points to it in one line instead of a traceback of the broken connection."""
+    fail = {"class_path": "interrupt_helpers.FailOnRank", "init_args": {"rank": 1, "batch": 2}}
+    args = _fit_args(tiny_rafdb, tmp_path / "runs", f"--trainer.callbacks+={json.dumps(fail)}", *DDP_2_CPU)
+    environment = dict(os.environ, PYTHONPATH=str(REPO / "tests"), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "fer_lightning.cli", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "error:" in line or "Traceback" in line]
+    assert len(errors) == 2, done.stderr[-3000:]
+    assert any(line.startswith("error: image not found: /data/faces/2.jpg (only rank 1") for line in errors)
+    assert any(
+        line.startswith("error: local rank 0 stopped: another process of this run ended") for line in errors
+    )
+
+
 @pytest.mark.slow  # ~35 s; the every-rank test above keeps DDP interrupts in the default suite
 def test_sigterm_during_validation_under_ddp_stops_every_rank_when_it_ends(tiny_rafdb, tmp_path):
     """The ranks may hold different numbers of validation batches, so they cannot agree per batch:

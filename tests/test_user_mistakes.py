@@ -269,6 +269,32 @@ def test_error_from_a_dataloader_worker_is_one_line(capsys, monkeypatch):
     assert capsys.readouterr().err == "error: image 0 not found: /data/faces/0.jpg\n"
 
 
+GLOO_LOST_PEER = (
+    "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:41136. "
+    "This is typically caused by a remote worker crashing."
+)
+
+
+def test_a_process_that_lost_its_peer_under_ddp_says_so_in_one_line(capsys, monkeypatch):
+    """The process whose collective failed because another process ended first points to that one's
+    error instead of printing a traceback of the broken connection."""
+
+    def lost_peer(argv):
+        raise RuntimeError(GLOO_LOST_PEER)
+
+    monkeypatch.setattr(cli, "run", lost_peer)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit) as raised:
+        main(["fit"])
+    assert raised.value.code == 1
+    assert capsys.readouterr().err.startswith(
+        "error: local rank 1 stopped: another process of this run ended"
+    )
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        main(["fit", "--debug"])
+
+
 def test_a_plain_bug_keeps_its_traceback(monkeypatch):
     def broken(argv):
         raise KeyError("not a user mistake")

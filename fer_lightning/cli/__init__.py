@@ -127,6 +127,34 @@ def one_line(error: BaseException) -> str:
     return message
 
 
+#: What gloo and NCCL raise in a process whose collective lost a peer process that has ended.
+_LOST_PEER = re.compile(r"gloo.*Connection (closed|reset) by peer|NCCL communicator was aborted", re.DOTALL)
+
+
+def lost_peer_message(error: BaseException) -> str | None:
+    """One line for a process of a multi-process run whose collective failed because another process
+    ended first: that process's own error, printed by it, is the one to read. ``None`` otherwise."""
+    import torch.distributed
+
+    lost_peer = isinstance(error, torch.distributed.DistBackendError) or (
+        isinstance(error, RuntimeError) and _LOST_PEER.search(str(error))
+    )
+    if not lost_peer:
+        return None
+    # Lightning's launcher leaves the local rank (and node rank) of each process it started set.
+    node = os.environ.get("NODE_RANK", "0")
+    process = (
+        f"rank {os.environ['RANK']}"
+        if "RANK" in os.environ
+        else f"local rank {os.environ.get('LOCAL_RANK', '0')}"
+    )
+    process += f" of node {node}" if node != "0" and "RANK" not in os.environ else ""
+    return (
+        f"{process} stopped: another process of this run ended first (its error is printed above, or in "
+        f"its own log); add {DEBUG_FLAG} for this process's traceback"
+    )
+
+
 def run(argv: list[str]) -> None:
     """Run one command; errors propagate (:func:`main` turns the user's into one line)."""
     if not argv or argv[0] in ("-h", "--help"):
@@ -151,9 +179,10 @@ def main(args: Sequence[str] | None = None) -> None:
         run(argv)
     except Exception as error:
         user_error = user_error_in(error)
-        if debug or user_error is None:
+        message = one_line(user_error) if user_error is not None else lost_peer_message(error)
+        if debug or message is None:
             raise
-        print(f"error: {one_line(user_error)}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
         _debug_requested.reset(token)
