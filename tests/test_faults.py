@@ -421,10 +421,13 @@ def test_a_process_leaving_dataloader_workers_alive_still_exits():
         pytest.fail("the process hung at exit")
 
 
-def test_slurms_requeue_signal_stops_after_the_step_without_requeueing(tiny_rafdb, tmp_path):
+@pytest.mark.parametrize("continues_itself", [False, True], ids=["plain_fit", "ckpt_path_last"])
+def test_slurms_requeue_signal_stops_after_the_step_and_requeues_a_command_that_continues_itself(
+    tiny_rafdb, tmp_path, continues_itself
+):
     """``sbatch --signal=USR1@…`` asks Lightning to save from inside its signal handler and requeue the
-    job (whose rerun would start a new run). The CLI treats it as a SIGTERM: checkpoint after the step,
-    the resume command, no requeue."""
+    job. The CLI stops after the step with a checkpoint, as on SIGTERM, and requeues the job only when
+    its command continues its own run when rerun (``--ckpt_path last``): a plain ``fit`` would start over."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     scontrol = fake_bin / "scontrol"
@@ -437,15 +440,37 @@ def test_slurms_requeue_signal_stops_after_the_step_without_requeueing(tiny_rafd
         "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
     }
     marker = tmp_path / "paused"
-    process = _fit_subprocess(tiny_rafdb, tmp_path / "runs", marker, environment=slurm)
+    extra = ["--ckpt_path=last"] if continues_itself else []
+    process = _fit_subprocess(tiny_rafdb, tmp_path / "runs", marker, *extra, environment=slurm)
     stderr = _signal_when_paused(process, marker, signal.SIGUSR1)
     assert process.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
-    assert (
-        "SLURM's requeue signal (SIGUSR1; the job is not requeued): stopping after the current step" in stderr
-    )
+    requeued = "is requeued" if continues_itself else "is not requeued"
+    assert f"SLURM's requeue signal (SIGUSR1; the job {requeued}): stopping after the current step" in stderr
     _, checkpoint = _interrupt_line(stderr, epoch=1)
     assert _trained_when_saved(checkpoint)[0] >= int(marker.read_text())
-    assert not list(tmp_path.rglob("hpc_ckpt_*.ckpt")) and not (tmp_path / "scontrol_calls").exists()
+    assert not list(tmp_path.rglob("hpc_ckpt_*.ckpt"))
+    calls = tmp_path / "scontrol_calls"
+    if continues_itself:
+        assert calls.read_text() == "requeue 4242\n" and "requeued SLURM job 4242" in stderr
+    else:
+        assert not calls.exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "test"])
+def test_a_left_over_slurm_hpc_checkpoint_is_never_restored_unasked(
+    tiny_rafdb, tmp_path, monkeypatch, capsys, command
+):
+    """Under SLURM Lightning restores the newest ``hpc_ckpt_N.ckpt`` of its root folder into any run given
+    no checkpoint: a new run, or a test, would start from another run's weights without a word."""
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "fer")
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"left over")
+    with pytest.raises(SystemExit):
+        main([command, *quickstart_args(tiny_rafdb, tmp_path), f"--trainer.default_root_dir={tmp_path}"])
+    [error] = capsys.readouterr().err.splitlines()[-1:]
+    assert error.startswith(f"error: {tmp_path / 'hpc_ckpt_1.ckpt'}: under SLURM Lightning would restore"), (
+        error
+    )
 
 
 def test_a_signal_inside_an_accumulation_window_stops_at_its_end(tiny_rafdb, tmp_path):

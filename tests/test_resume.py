@@ -218,6 +218,42 @@ def test_last_ckpt_is_the_latest_epoch_and_selection_metric_names_the_best(tiny_
     assert "best checkpoint (val/mean_class_acc = " in capsys.readouterr().out
 
 
+def test_ckpt_path_last_lets_one_command_be_resubmitted_as_it_is(tiny_rafdb, tmp_path, capsys, caplog):
+    """A requeued cluster job reruns its command unchanged: ``fit --ckpt_path last`` starts a run when
+    there is none and otherwise continues the run that trained last (newest ``last.ckpt``), in its
+    own folder. ``test --ckpt_path best`` evaluates that run's selected checkpoint. (Lightning's own
+    "last" and "best" name nothing in a fresh process: fit would start over, test would evaluate
+    untrained weights.)"""
+    short = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    caplog.set_level("INFO")
+    fit(tiny_rafdb, tmp_path, "--trainer.max_epochs=1", "--ckpt_path=last", *short)
+    assert "has a last.ckpt yet; starting a new run" in caplog.text
+    fit(tiny_rafdb, tmp_path, "--trainer.max_epochs=1", *short)  # another run of the config, written later
+    first, second = run_folders(tmp_path)
+    os.utime(first / "checkpoints/last.ckpt")  # the first run trained last
+    second_weights = weights(second / "checkpoints/last.ckpt")
+    fit(tiny_rafdb, tmp_path, "--trainer.max_epochs=2", "--ckpt_path=last", *short)
+    assert run_folders(tmp_path) == [first, second]
+    state = torch.load(first / "checkpoints/last.ckpt", weights_only=False)
+    assert (state["epoch"], state["global_step"]) == (1, 4)  # epoch 2 trained on top of the first run's
+    assert_same_weights(weights(second / "checkpoints/last.ckpt"), second_weights)
+    caplog.clear()
+    main(
+        ["test", *quickstart_args(tiny_rafdb, tmp_path, "--trainer.limit_test_batches=1"), "--ckpt_path=best"]
+    )
+    [best] = (first / "checkpoints").glob("best-*.ckpt")
+    assert f"--ckpt_path best: {best}" in caplog.text
+    capsys.readouterr()
+    for command, keyword in (("test", "best"), ("fit", "best")):
+        with pytest.raises(SystemExit):
+            main([command, *quickstart_args(tiny_rafdb, tmp_path / "empty"), f"--ckpt_path={keyword}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors[0].startswith("error: --ckpt_path best: no run in") and errors[0].endswith(
+        "pass a checkpoint file"
+    )
+    assert errors[1] == "error: fit continues a run from its last.ckpt: use --ckpt_path last"
+
+
 def test_a_fit_that_fails_at_setup_leaves_no_run_folder(tmp_path):
     empty_root = tmp_path / "not_a_dataset"
     empty_root.mkdir()

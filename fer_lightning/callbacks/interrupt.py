@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 
@@ -40,13 +41,15 @@ class InterruptCheckpoint(Callback):
     Ctrl-C), as a shell reports a process a signal ended.
 
     Under SLURM, Lightning's auto-requeue signal (SIGUSR1, sent by ``sbatch --signal=USR1@…``) is
-    handled the same way. Lightning's own handler saves from inside the signal handler, in the middle
-    of a step (with a collective under DDP), and requeues the job, whose rerun of the same command
-    would start a new run rather than continue this one; here the run stops with ``last.ckpt`` and the
-    command that resumes it, and is not requeued.
+    handled the same way: the run stops after the step with ``last.ckpt`` (Lightning's own handler
+    saves from inside the signal handler, in the middle of a step, with a collective under DDP). The
+    job is then requeued (``scontrol requeue``, by the first process) only with ``requeue=True``, which
+    the CLI sets when the command continues its own run when rerun (``fit --ckpt_path last``); rerun
+    otherwise, it would start a new run.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, requeue: bool = False) -> None:
+        self.requeue = requeue
         self.signal_number: int | None = None
         self.checkpoint_path: str | None = None
         self._saved = False  # tried to: a diverged state is refused, and that is said once
@@ -97,7 +100,7 @@ class InterruptCheckpoint(Callback):
         trainer = self._trainer
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if signum in _slurm_requeue_signal(trainer):
-            what = f"SLURM's requeue signal ({what}; the job is not requeued)"
+            what = f"SLURM's requeue signal ({what}; the job {'is' if self.requeue else 'is not'} requeued)"
         rank = f"[rank {trainer.global_rank}] " if trainer.world_size > 1 else ""
         again = " (press again to stop at once)" if signum == signal.SIGINT else ""
         validating = trainer.validating or trainer.sanity_checking
@@ -167,6 +170,8 @@ class InterruptCheckpoint(Callback):
             f"fer-lightning fit --config {config} --ckpt_path {self.checkpoint_path}",
             file=sys.stderr,
         )
+        if self.requeue and signal_number in _slurm_requeue_signal(trainer):
+            _requeue_slurm_job()
 
     def _save(self, trainer: Trainer) -> None:
         self._saved = True
@@ -192,6 +197,21 @@ def _slurm_requeue_signal(trainer: Trainer) -> tuple[int, ...]:
     if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal:
         return (environment.requeue_signal,)
     return ()
+
+
+def _requeue_slurm_job() -> None:
+    """``scontrol requeue`` this job (an array job's own task); its rerun continues the run."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        print(f"could not requeue SLURM job {job}: {error}; resubmit it", file=sys.stderr)
+        return
+    if done.returncode:
+        print(f"could not requeue SLURM job {job}: {done.stderr.strip()}; resubmit it", file=sys.stderr)
+    else:
+        print(f"requeued SLURM job {job}: its rerun continues this run", file=sys.stderr)
 
 
 def _inside_accumulation_window(trainer: Trainer, batch_idx: int) -> bool:

@@ -234,6 +234,9 @@ class FERCLI(LightningCLI):
         # Under SAM the model clips gradients itself: Lightning refuses trainer-level clipping with
         # manual optimisation, so the trainer's gradient_clip_val moves into the model here.
         self.model.take_over_gradient_clipping(self.trainer)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, InterruptCheckpoint):
+                callback.requeue = self._continues_itself
         # Lightning's model summary counts FLOPs by running this input (eval mode, no grad), one image of
         # the datamodule's size; without it the summary prints "0 Total Flops".
         if getattr(self.model, "example_input_array", None) is None:
@@ -282,6 +285,12 @@ class FERCLI(LightningCLI):
         # count ends in a state-dict size-mismatch dump: say which checkpoint and what differs first.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        # Rerun unchanged, this command continues its own run: a SLURM requeue signal may requeue it.
+        self._continues_itself = subcommand == "fit" and ckpt_path == "last"
+        if ckpt_path in ("last", "best"):
+            ckpt_path = self.config[subcommand].ckpt_path = self._newest_run_checkpoint(subcommand, ckpt_path)
+        if subcommand and ckpt_path is None:
+            self._refuse_a_silent_hpc_restore(subcommand)
         self._checkpoint_hparams, self._checkpoint_step = {}, 0
         if ckpt_path and ckpt_path not in _CKPT_PATH_KEYWORDS and not str(ckpt_path).startswith("registry"):
             self._checkpoint_hparams, self._checkpoint_step = read_checkpoint_header(ckpt_path)
@@ -294,6 +303,50 @@ class FERCLI(LightningCLI):
                     "(config.yaml in its run folder)"
                 )
         super()._parse_ckpt_path()
+
+    def _newest_run_checkpoint(self, subcommand: str, keyword: str) -> str | None:
+        """``--ckpt_path last`` / ``best``: the checkpoint of the newest run of this config's logger.
+
+        A fresh process has no checkpoint of its own for Lightning's "last" and "best" to name: Lightning
+        would start ``fit`` over and evaluate untrained weights in ``test``. Here ``fit --ckpt_path last``
+        continues the run that trained last, or starts one when there is none yet, so one command can be
+        resubmitted as it is (a requeued cluster job).
+        """
+        runs = run_folders.csv_logger_runs(self.config[subcommand].trainer.logger)
+        if runs is None:
+            raise ConfigurationError(
+                f"--ckpt_path {keyword} looks for the newest run folder of the CSV logger, and this config "
+                "has none; pass the checkpoint file instead"
+            )
+        if subcommand == "fit" and keyword == "best":
+            raise ConfigurationError("fit continues a run from its last.ckpt: use --ckpt_path last")
+        checkpoint = run_folders.newest_run_checkpoint(runs, keyword)
+        if checkpoint is not None:
+            rank_zero_info(f"--ckpt_path {keyword}: {checkpoint}")
+            return str(checkpoint)
+        if subcommand == "fit":
+            rank_zero_info(f"--ckpt_path last: no run in {runs} has a last.ckpt yet; starting a new run")
+            return None
+        name = "last.ckpt" if keyword == "last" else "best-….ckpt"
+        raise ConfigurationError(
+            f"--ckpt_path {keyword}: no run in {runs} has a {name}; pass a checkpoint file"
+        )
+
+    def _refuse_a_silent_hpc_restore(self, subcommand: str) -> None:
+        """Under SLURM, Lightning restores the newest ``hpc_ckpt_N.ckpt`` of the trainer's root folder into
+        any run given no checkpoint (written there by Lightning's own auto-requeue handler, which this CLI
+        replaces): a new run, or a test, would silently start from another run's weights."""
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        if not SLURMEnvironment.detect():
+            return
+        folder = Path(self.config[subcommand].trainer.get("default_root_dir") or os.getcwd())
+        found = sorted(folder.glob("hpc_ckpt_*.ckpt"))
+        if found:
+            raise ConfigurationError(
+                f"{found[-1]}: under SLURM Lightning would restore this checkpoint of its auto-requeue into "
+                f"this run without being asked; continue from it with --ckpt_path hpc, or move it out of {folder}"
+            )
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()

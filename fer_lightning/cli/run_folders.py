@@ -44,6 +44,30 @@ def _logger_entries(logger_config: Any) -> list[Any]:
     return [logger_config]
 
 
+def csv_logger_runs(logger_config: Any) -> Path | None:
+    """``<save_dir>/<name>``, the folder of the ``version_N`` run folders of a parsed ``trainer.logger``
+    config's CSV logger; None if it has none."""
+    for entry in _logger_entries(logger_config):
+        if str(getattr(entry, "class_path", "") or "").endswith("CSVLogger"):
+            init_args = entry.init_args
+            return Path(init_args.save_dir or ".").expanduser() / (init_args.name or "lightning_logs")
+    return None
+
+
+def newest_run_checkpoint(runs: Path, keyword: str) -> Path | None:
+    """What ``--ckpt_path last`` / ``best`` names: ``last.ckpt`` / the ``best-….ckpt`` of the run folder
+    under ``runs`` whose ``last.ckpt`` was written most recently (the run that trained last, e.g. the
+    one a requeued job is continuing); None if no run there has one."""
+    lasts = sorted(runs.glob(f"*/{CHECKPOINT_FOLDER}/last.ckpt"), key=lambda path: path.stat().st_mtime)
+    for last in reversed(lasts):
+        if keyword == "last":
+            return last
+        bests = sorted(last.parent.glob("best-*.ckpt"), key=lambda path: path.stat().st_mtime)
+        if bests:
+            return bests[-1]
+    return None
+
+
 def point_csv_logger_at(logger_config: Any, folder: Path) -> bool:
     """Make the CSV logger of a parsed ``trainer.logger`` config write into ``folder``; False if none.
 
