@@ -300,9 +300,14 @@ def _leave_stopping_to_the_main_process() -> None:
     A Python handler cannot see who sent a signal, so SIGTERM is blocked here, before any other thread
     of the worker starts (threads inherit the mask), and one thread takes it with ``sigwaitinfo``,
     which names the sender.
+
+    This needs the worker to have one thread here, as a forked worker has (Linux's default start
+    method up to Python 3.13); a worker started by forkserver or spawn already runs a second thread,
+    which would take the signal unblocked, so PyTorch's SIGTERM handling stays there, as it does on
+    macOS and Windows (no ``sigwaitinfo``).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # nothing in PyTorch sends it to a worker
-    if not hasattr(signal, "sigwaitinfo"):  # macOS and Windows: PyTorch's SIGTERM handling stays
+    if not hasattr(signal, "sigwaitinfo") or _thread_count() != 1:
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
@@ -312,6 +317,14 @@ def _leave_stopping_to_the_main_process() -> None:
         os._exit(0)  # what PyTorch's own handler does on the parent's SIGTERM
 
     threading.Thread(target=wait_for_the_parents_sigterm, name="sigterm-from-parent", daemon=True).start()
+
+
+def _thread_count() -> int | None:
+    """Threads of this process (Linux); None where the system does not say."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
 
 
 def _worker_init(_: int) -> None:
