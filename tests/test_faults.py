@@ -286,6 +286,17 @@ def test_sam_takes_the_trainers_gradient_clipping_through_the_cli(tiny_rafdb, tm
     assert cli.trainer.gradient_clip_val is None
 
 
+def _subprocess_environment(extra=None) -> dict[str, str]:
+    """A CLI subprocess's environment: the test helpers importable (callbacks given by class path), one
+    thread, then ``extra``."""
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+        **(extra or {}),
+    )
+
+
 def _fit_subprocess(root, save_dir, marker, *extra, workers=0, environment=None, **pause):
     pause = {"class_path": "interrupt_helpers.PauseAfterBatch", "init_args": {"marker": str(marker), **pause}}
     args = _fit_args(
@@ -298,15 +309,9 @@ def _fit_subprocess(root, save_dir, marker, *extra, workers=0, environment=None,
         f"--trainer.callbacks+={json.dumps(pause)}",
         *extra,
     )
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
-        OMP_NUM_THREADS="1",
-        **(environment or {}),
-    )
     return subprocess.Popen(
         [sys.executable, "-m", "fer_lightning.cli", *args],
-        env=env,
+        env=_subprocess_environment(environment),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -530,10 +535,9 @@ def test_an_error_on_one_rank_ends_every_rank_and_the_others_say_whose_it_is(tin
     peer, points to it in one line instead of a traceback of the broken connection."""
     fail = {"class_path": "interrupt_helpers.FailOnRank", "init_args": {"rank": 1, "batch": 2}}
     args = _fit_args(tiny_rafdb, tmp_path / "runs", f"--trainer.callbacks+={json.dumps(fail)}", *DDP_2_CPU)
-    environment = dict(os.environ, PYTHONPATH=str(REPO / "tests"), OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, "-m", "fer_lightning.cli", *args],
-        env=environment,
+        env=_subprocess_environment(),
         capture_output=True,
         text=True,
         timeout=240,

@@ -141,14 +141,12 @@ def lost_peer_message(error: BaseException) -> str | None:
     )
     if not lost_peer:
         return None
-    # Lightning's launcher leaves the local rank (and node rank) of each process it started set.
-    node = os.environ.get("NODE_RANK", "0")
-    process = (
-        f"rank {os.environ['RANK']}"
-        if "RANK" in os.environ
-        else f"local rank {os.environ.get('LOCAL_RANK', '0')}"
-    )
-    process += f" of node {node}" if node != "0" and "RANK" not in os.environ else ""
+    if "RANK" in os.environ:  # torchrun
+        process = f"rank {os.environ['RANK']}"
+    else:  # Lightning's launcher leaves the local rank (and node rank) of each process it started set
+        process = f"local rank {os.environ.get('LOCAL_RANK', '0')}"
+        if os.environ.get("NODE_RANK", "0") != "0":
+            process += f" of node {os.environ['NODE_RANK']}"
     return (
         f"{process} stopped: another process of this run ended first (its error is printed above, or in "
         f"its own log); add {DEBUG_FLAG} for this process's traceback"

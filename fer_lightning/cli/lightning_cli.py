@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -336,8 +337,6 @@ class FERCLI(LightningCLI):
         """Under SLURM, Lightning restores the newest ``hpc_ckpt_N.ckpt`` of the trainer's root folder into
         any run given no checkpoint (written there by Lightning's own auto-requeue handler, which this CLI
         replaces): a new run, or a test, would silently start from another run's weights."""
-        from lightning.fabric.plugins.environments import SLURMEnvironment
-
         if not SLURMEnvironment.detect():
             return
         folder = Path(self.config[subcommand].trainer.get("default_root_dir") or os.getcwd())
